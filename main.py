@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""The classic TinyLM interface (seed 000), a thin wrapper over the tinylm library.
+
+    python main.py -t -d book.txt -o models/book.model      train (Ctrl-C saves and exits)
+    python main.py -t -m models/book.model -o models/book.model -d book.txt   continue training
+    python main.py -i -m models/book.model -p "Prompt"       generate
+
+Training uses seed 000's model and trainer (the `classic` preset): embedding 192, context 512,
+4 transformers, 4 heads, ff 768, dropout 0.1, batch 32, AdamW lr 0.001 with betas 0.9/0.95 and
+weight decay 0.01, epochs over the chunked text, halving the rate when the loss plateaus.
+For every other setting use the full CLI: `python -m tinylm train --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class _SeedHelpFormatter(argparse.HelpFormatter):
+    """Lists options as `-m, --model MODEL` (metavar once), as the seed's help does."""
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        return ", ".join(action.option_strings) + " " + self._format_args(action, self._get_default_metavar_for_optional(action))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # wide enough that the usage line stays on one line, as in the seed
+    p = argparse.ArgumentParser(prog="main.py", formatter_class=lambda prog: _SeedHelpFormatter(prog, width=100, max_help_position=28))
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("-i", "--inference", action="store_true", help="select inference mode")
+    mode.add_argument("-t", "--training", action="store_true", help="select training mode")
+    dev = p.add_mutually_exclusive_group()
+    dev.add_argument("-c", "--cpu", action="store_true", help="set training to use CPU only")
+    dev.add_argument("-g", "--gpu", action="store_true", help="set training to use GPU via CUDA")
+    p.add_argument("-m", "--model", help="path to the model (works both in inference and training mode)")
+    p.add_argument("-d", "--dataset", help="path to the text file (works in training mode only)")
+    p.add_argument("-o", "--output", help="path to the output model (works in training mode only)")
+    p.add_argument("-p", "--prompt", help="prompt for inference mode")
+    return p
+
+
+def train(args, device: str) -> int:
+    from tinylm.model import GPTConfig  # noqa: PLC0415
+    from tinylm.presets import PRESETS  # noqa: PLC0415
+    from tinylm.runner import TrainJob, run_training  # noqa: PLC0415
+    from tinylm.train import TrainConfig  # noqa: PLC0415
+
+    preset = PRESETS["classic"]
+    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
+    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
+    job = TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None,
+                   train=TrainConfig(**train_kw, device=device), model=model_kw,
+                   init_model=Path(args.model) if args.model else None)
+    run_training(job)
+    return 0
+
+
+def infer(args, device: str) -> int:
+    from tinylm.checkpoint import load_model  # noqa: PLC0415
+    from tinylm.device import resolve_device  # noqa: PLC0415
+    from tinylm.errors import UsageError  # noqa: PLC0415
+    from tinylm.generate import SamplingConfig  # noqa: PLC0415
+    from tinylm.log import banner, log, summary  # noqa: PLC0415
+    from tinylm.textgen import generate_text  # noqa: PLC0415
+
+    if not args.model or args.prompt is None:
+        raise UsageError("inference mode (-i) needs both -m MODEL and -p PROMPT, e.g. python main.py -i -m models/book.model -p \"Once\"")
+    dev = resolve_device(device)
+    banner("INFERENCE MODE", [("Model", args.model), ("Prompt", args.prompt), ("Device", dev.type)])
+    log.info("Loading model...")
+    loaded = load_model(args.model, dev)
+    c = loaded.model.cfg
+    summary("Model", [("parameters", loaded.model.num_params()), ("embedding size", c.n_embd), ("context size", c.context_size),
+                      ("transformers count", c.n_layer), ("ff network size", c.ff_size)])
+    log.info("Output:")
+    sys.stderr.flush()
+    print("-------------------------------------")
+    generate_text(loaded.model, loaded.tokenizer, args.prompt, SamplingConfig(max_new_tokens=500, temperature=0.8),
+                  stream=sys.stdout, echo_prompt=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tinylm.cli import run_guarded  # noqa: PLC0415 - after parsing, so --help stays fast
+    from tinylm.log import setup_logging  # noqa: PLC0415
+
+    setup_logging()
+    device = "cpu" if args.cpu else "cuda" if args.gpu else "auto"
+    return run_guarded(train if args.training else infer, args, device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

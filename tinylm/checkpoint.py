@@ -1,0 +1,121 @@
+"""The model file: weights, model config, tokenizer and training metadata in one safetensors file.
+
+Format: a safetensors file whose string metadata holds
+    "format": "tinylm-model-1", "model_config": JSON, "tokenizer": JSON, "meta": JSON.
+safetensors stores raw tensors and a JSON header, so loading never runs code (unlike pickle).
+Files are written atomically (temp file in the same folder, fsync, rename) so an interrupted
+save leaves the previous file intact. This module does not know how training works; the
+resumable training state (optimizer etc.) is not part of the model file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .model import GPT, GPTConfig
+from .tokenizers import Tokenizer, from_dict
+
+FORMAT = "tinylm-model-1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_model(path: str | os.PathLike, model: GPT, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+    from safetensors.torch import save  # noqa: PLC0415
+
+    tensors = {k: v.to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
+               for k, v in model.state_for_saving().items()}
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RuntimeError(f"refusing to save a model with NaN/inf weights (first: {bad[0]})")
+    metadata = {
+        "format": FORMAT,
+        "model_config": json.dumps(model.cfg.to_dict()),
+        "tokenizer": json.dumps(tokenizer.to_dict()),
+        "meta": json.dumps(meta or {}),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: Tokenizer
+    meta: dict
+
+
+def _not_a_model(p: Path, why: str) -> UsageError:
+    return UsageError(f"{p} is not a usable tinylm model file ({why}); check the -m path, or retrain the model")
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a model file, with every failure turned into a UsageError."""
+    from safetensors.torch import load  # noqa: PLC0415
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"model file {p} does not exist; check the -m path")
+    if p.is_dir():
+        raise UsageError(f"model path {p} is a directory; pass the .model file itself to -m")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"model file {p} cannot be read ({e.strerror}); check its permissions") from None
+    if len(data) < 8:
+        raise _not_a_model(p, "too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise _not_a_model(p, "truncated or not safetensors")
+    try:
+        header = json.loads(data[8:8 + n])
+        metadata = header.get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        raise _not_a_model(p, "unreadable header") from None
+    if metadata.get("format") != FORMAT:
+        raise _not_a_model(p, f"format {metadata.get('format')!r}, expected {FORMAT!r}")
+    try:
+        tensors = load(data)
+    except Exception as e:  # safetensors raises its own error types for damaged data
+        raise _not_a_model(p, f"damaged tensor data: {e}") from None
+    return metadata, tensors
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    metadata, tensors = read_model_file(path)
+    try:
+        cfg = GPTConfig.from_dict(json.loads(metadata["model_config"]))
+        tokenizer = from_dict(json.loads(metadata["tokenizer"]))
+        meta = json.loads(metadata.get("meta", "{}"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise _not_a_model(Path(path), f"bad metadata: {e}") from None
+    model = GPT(cfg)
+    model.load_saved_state(tensors)
+    return LoadedModel(model.to(device), tokenizer, meta)

@@ -1,0 +1,288 @@
+"""`tinylm` command line: argparse subcommands that build configs and call the library.
+
+    tinylm train     train a model on a text file (or the default corpus)
+    tinylm generate  continue a prompt with a trained model
+    tinylm eval      loss and perplexity of a model on a text file
+    tinylm tokenizer train   train a BPE tokenizer and save it as JSON
+
+Every UsageError becomes one line on stderr and exit code 2 (see `main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+from .log import log, setup_logging
+from .presets import PRESETS
+
+# flag dest -> GPTConfig field
+MODEL_FLAGS = {"layers": "n_layer", "heads": "n_head", "embd": "n_embd", "context": "context_size", "ff": "d_ff",
+               "dropout": "dropout", "positions": "positions", "activation": "activation", "bias": "bias",
+               "tie": "tie_weights", "qk_norm": "qk_norm", "softcap": "logit_softcap"}
+# flag dest -> TrainConfig field
+TRAIN_FLAGS = {"epochs": "epochs", "steps": "max_steps", "time": "time_budget", "batch_size": "batch_size",
+               "grad_accum": "grad_accum", "lr": "lr", "min_lr": "min_lr", "warmup": "warmup_steps",
+               "schedule": "schedule", "patience": "patience", "optimizer": "optimizer", "beta1": "beta1", "beta2": "beta2",
+               "weight_decay": "weight_decay", "grad_clip": "grad_clip", "eval_interval": "eval_interval",
+               "val_fraction": "val_fraction", "seed": "seed", "device": "device", "dtype": "dtype",
+               "compile": "compile", "log_interval": "log_interval"}
+TRAIN_DEFAULTS = {"epochs": 1}  # used when no --epochs/--steps/--time is given and the preset sets none
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--dataset", help="UTF-8 text file to train on (default: tiny Shakespeare, fetched and cached)")
+    p.add_argument("-o", "--output", help="model file to write (default: models/<dataset name>.model); "
+                   "the latest weights also go to <name>.last.model")
+    p.add_argument("-m", "--model", help="continue training from this model file (its tokenizer and shape are kept)")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size and training defaults (default: tiny)")
+    g = p.add_argument_group("model (defaults come from --preset)")
+    g.add_argument("--layers", type=int, help="transformer blocks")
+    g.add_argument("--heads", type=int, help="attention heads (must divide --embd)")
+    g.add_argument("--embd", type=int, help="embedding width")
+    g.add_argument("--context", type=int, help="context size in tokens")
+    g.add_argument("--ff", type=int, help="MLP hidden width (0 = 4 x embd)")
+    g.add_argument("--dropout", type=float, help="dropout rate in [0, 1)")
+    g.add_argument("--positions", choices=["learned", "sinusoidal", "rope"], help="position encoding (default learned)")
+    g.add_argument("--activation", choices=["gelu", "relu", "silu", "swiglu", "relu2"], help="MLP activation (default gelu)")
+    g.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in Linear/LayerNorm")
+    g.add_argument("--untied", dest="tie", action="store_false", default=None, help="separate output head (default: tied to embeddings)")
+    g.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise queries and keys")
+    g.add_argument("--softcap", type=float, help="logit soft-cap (0 = off)")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default="char", help="char (default), bpe (trained here) or gpt2")
+    g.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default 4096)")
+    g = p.add_argument_group("training (defaults come from --preset)")
+    g.add_argument("--epochs", type=int, help="passes over the training text (0 = no limit)")
+    g.add_argument("--steps", type=int, help="optimizer steps (0 = no limit)")
+    g.add_argument("--time", type=float, help="training time budget in seconds (0 = no limit)")
+    g.add_argument("--batch-size", type=int, help="sequences per micro-batch")
+    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, help="learning-rate floor")
+    g.add_argument("--warmup", type=int, help="linear warmup steps")
+    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], help="learning-rate schedule (default cosine)")
+    g.add_argument("--patience", type=int, help="plateau: epochs without improvement before halving")
+    g.add_argument("--optimizer", choices=["adamw", "muon"], help="adamw (default) or muon (Muon for the blocks' matrices, AdamW for the rest)")
+    g.add_argument("--beta1", type=float, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, help="AdamW beta2")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (0 = off)")
+    g.add_argument("--eval-interval", type=int, help="steps between validations (0 = once per epoch)")
+    g.add_argument("--val-fraction", type=float, help="fraction of the text (at its end) held out for validation")
+    g.add_argument("--seed", type=int, help="random seed")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto: CUDA if available)")
+    g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--tokens", type=int, default=500, help="tokens to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="penalise repeated tokens (1 = off)")
+    p.add_argument("--beams", type=int, default=1, help="beam search width (1 = sampling)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible samples")
+    p.add_argument("--unknown", choices=["error", "replace"], default="error",
+                   help="prompt characters the model never saw: error (default) or replace with <UNK>")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinylm", description="Train small GPT-style language models and generate text.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model on a text file", description="Train a GPT model on a UTF-8 text file.")
+    _add_train_args(p)
+    p = sub.add_parser("generate", help="continue a prompt", description="Generate text from a trained model.")
+    p.add_argument("-m", "--model", required=True, help="model file")
+    p.add_argument("-p", "--prompt", required=True, help="text to continue")
+    _add_sampling_args(p)
+    p = sub.add_parser("eval", help="loss and perplexity on a text file", description="Evaluate a model on a text file.")
+    p.add_argument("-m", "--model", required=True, help="model file")
+    p.add_argument("-d", "--dataset", required=True, help="UTF-8 text file")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+    p = sub.add_parser("demo", help="train on tiny Shakespeare, then print a sample",
+                       description="Fetch the default corpus, train a small char model (CPU or GPU) and print a sample.")
+    p.add_argument("--time", type=float, default=None, help="training seconds (default: 180 on CPU, 60 on a GPU)")
+    p.add_argument("-o", "--output", default="models/demo.model", help="model file (default models/demo.model, overwritten)")
+    p.add_argument("-p", "--prompt", default="The ", help="prompt for the sample")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default auto)")
+    p = sub.add_parser("tokenizer", help="tokenizer tools", description="Tokenizer tools.")
+    tsub = p.add_subparsers(dest="tok_command", required=True)
+    t = tsub.add_parser("train", help="train a BPE tokenizer", description="Train a byte-level BPE tokenizer and save it as JSON.")
+    t.add_argument("-d", "--dataset", required=True, help="UTF-8 text file")
+    t.add_argument("-o", "--output", required=True, help="tokenizer JSON file to write")
+    t.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size, specials included (default 4096)")
+    t.add_argument("--pattern", default="gpt2", help="pre-split regex: gpt2, cl100k, or a custom pattern")
+    t.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    return parser
+
+
+def job_from_args(args: argparse.Namespace):
+    """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
+    from .model import GPTConfig  # noqa: PLC0415
+    from .runner import TrainJob  # noqa: PLC0415
+    from .train import TrainConfig  # noqa: PLC0415
+
+    preset = dict(PRESETS[args.preset])
+    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
+    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
+    for flag, fieldname in MODEL_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            model_kw[fieldname] = getattr(args, flag)
+    for flag, fieldname in TRAIN_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            train_kw[fieldname] = getattr(args, flag)
+    if "compile" not in train_kw:  # compile by default where it pays: on CUDA
+        from .device import resolve_device  # noqa: PLC0415
+
+        train_kw["compile"] = resolve_device(train_kw.get("device", "auto")).type == "cuda"
+    if not any(train_kw.get(k) for k in ("epochs", "max_steps", "time_budget")):
+        train_kw.update({"epochs": TRAIN_DEFAULTS["epochs"]})
+    if args.model and any(getattr(args, f, None) is not None for f in MODEL_FLAGS):
+        raise UsageError("model-shape flags (--layers, --embd, ...) cannot change a model given with -m; drop them, or drop -m to train a new model")
+    return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=TrainConfig(**train_kw),
+                    model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
+                    tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+
+
+def cmd_train(args) -> int:
+    from .runner import run_training  # noqa: PLC0415
+
+    run_training(job_from_args(args))
+    return 0
+
+
+def sampling_from_args(args):
+    from .generate import SamplingConfig  # noqa: PLC0415
+
+    if args.beams < 1:
+        raise UsageError(f"--beams must be at least 1, got {args.beams}")
+    return SamplingConfig(max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    from .checkpoint import load_model  # noqa: PLC0415
+    from .device import resolve_device  # noqa: PLC0415
+    from .textgen import generate_text  # noqa: PLC0415
+
+    cfg = sampling_from_args(args)
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)
+    generate_text(loaded.model, loaded.tokenizer, args.prompt, cfg, beams=args.beams, stream=sys.stdout, unknown=args.unknown, echo_prompt=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch  # noqa: PLC0415
+
+    from .checkpoint import load_model  # noqa: PLC0415
+    from .data import read_text  # noqa: PLC0415
+    from .device import resolve_device  # noqa: PLC0415
+    from .train import evaluate  # noqa: PLC0415
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    loaded = load_model(args.model, device)
+    text = read_text(args.dataset)
+    kwargs = {"unknown": "replace"} if loaded.tokenizer.kind == "char" else {}
+    ids = torch.tensor(loaded.tokenizer.encode(text, **kwargs), dtype=torch.long)
+    if len(ids) < 2:
+        raise UsageError(f"dataset {args.dataset} has fewer than 2 tokens; nothing to evaluate")
+    loss = evaluate(loaded.model, ids, loaded.model.cfg.context_size, args.batch_size, device)
+    print(f"tokens: {len(ids) - 1}\nloss: {loss:.4f}\nperplexity: {math.exp(min(loss, 50)):.3f}")
+    return 0
+
+
+def cmd_tokenizer(args) -> int:
+    from .data import read_text  # noqa: PLC0415
+    from .tokenizers.bpe import train_bpe  # noqa: PLC0415
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UsageError(f"output {out} already exists; choose another -o or pass --force to overwrite")
+    if not out.parent.is_dir():
+        raise UsageError(f"output folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another -o")
+    tok = train_bpe(read_text(args.dataset), args.vocab_size, pattern=args.pattern)
+    tok.save(out)
+    log.info("Saved a BPE tokenizer with %d tokens to %s", tok.vocab_size, out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The README's first command: default corpus -> small model -> sample, on whatever device is here."""
+    from .checkpoint import load_model  # noqa: PLC0415
+    from .device import resolve_device  # noqa: PLC0415
+    from .generate import SamplingConfig  # noqa: PLC0415
+    from .model import GPTConfig  # noqa: PLC0415
+    from .runner import TrainJob, run_training  # noqa: PLC0415
+    from .textgen import generate_text  # noqa: PLC0415
+    from .train import TrainConfig  # noqa: PLC0415
+
+    device = resolve_device(args.device)
+    name = "cpu" if device.type == "cpu" else "tiny"
+    seconds = args.time if args.time is not None else (180.0 if device.type == "cpu" else 60.0)
+    preset = PRESETS[name]
+    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
+    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
+    train_kw.update(time_budget=seconds, epochs=0, max_steps=0, device=device.type)
+    train_kw.setdefault("eval_interval", 250)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.info("Demo: preset %r for %g s on %s", name, seconds, device.type)
+    res = run_training(TrainJob(dataset=None, output=out, train=TrainConfig(**train_kw), model=model_kw, force=True))
+    loaded = load_model(out, device)
+    log.info("Sample (validation loss %.4f):", res.best_val)
+    sys.stderr.flush()
+    generate_text(loaded.model, loaded.tokenizer, args.prompt, SamplingConfig(max_new_tokens=400, temperature=0.8, seed=0),
+                  stream=sys.stdout, unknown="replace", echo_prompt=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
+
+
+def run_guarded(fn, *args) -> int:
+    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    try:
+        return fn(*args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except _oom_types() as e:
+        print(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
+              "or a smaller model/--context", file=sys.stderr)
+        return 2
+
+
+def _oom_types():
+    try:
+        import torch  # noqa: PLC0415
+
+        return (torch.OutOfMemoryError,)
+    except (ImportError, AttributeError):
+        return ()
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    return run_guarded(COMMANDS[args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Text -> token ids -> training batches and validation windows.
+
+Owns reading a user's text file (with the checks that turn bad files into clear errors), the
+train/validation split, and the two ways of cutting a token stream into model inputs:
+`ChunkBatches` (epochs over non-overlapping context-sized chunks, seed 000) and
+`eval_windows` (every validation token exactly once). It knows nothing about models.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import UsageError
+
+
+def read_text(path: str | os.PathLike, flag: str = "-d/--dataset") -> str:
+    """Read a UTF-8 text file, turning every way it can be unusable into a UsageError."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"dataset {p} does not exist; check the path given to {flag}")
+    if p.is_dir():
+        raise UsageError(f"dataset {p} is a directory; pass a text file to {flag}")
+    try:
+        data = p.read_bytes()
+    except PermissionError:
+        raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
+    except OSError as e:
+        raise UsageError(f"dataset {p} cannot be read ({e.strerror}); check the file") from None
+    if not data.strip():
+        raise UsageError(f"dataset {p} is empty; give a text file with some text in it")
+    if b"\x00" in data[:1 << 20]:
+        raise UsageError(f"dataset {p} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"dataset {p} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         f"convert it first, e.g. iconv -f LATIN2 -t UTF-8 {p} > {p.stem}.utf8.txt") from None
+
+
+@dataclass
+class TokenSplit:
+    train: torch.Tensor  # (N_train,) int64 token ids
+    val: torch.Tensor  # (N_val,) int64 token ids
+
+
+def split_tokens(ids: list[int] | torch.Tensor, val_fraction: float, context: int, source: str = "dataset") -> TokenSplit:
+    """First (1 - val_fraction) of the tokens for training, the rest for validation. Both parts
+    must hold at least one window of context + 1 tokens (val may be empty if val_fraction is 0)."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    n_val = int(len(ids) * val_fraction)
+    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    need = context + 1
+    if len(train) < need:
+        raise UsageError(f"{source} has {len(ids)} tokens, {len(train)} for training, but one training window needs "
+                         f"context + 1 = {need}; give more text or a smaller --context")
+    if val_fraction > 0 and len(val) < 2:
+        raise UsageError(f"{source} leaves only {len(val)} validation tokens with --val-fraction {val_fraction}; "
+                         "give more text or a larger --val-fraction (0 = no validation)")
+    return TokenSplit(train, val)
+
+
+class ChunkBatches:
+    """Epochs over the token stream cut into non-overlapping windows of `context` inputs (+1 for
+    the shifted targets). Each epoch starts the cut at a random offset and shuffles the windows,
+    so successive epochs see different boundaries. Batches are full-sized (a partial last batch
+    is dropped) so every step has the same shape; a stream too short for one full batch gives
+    one smaller batch per epoch. Deterministic given (seed, epoch)."""
+
+    def __init__(self, tokens: torch.Tensor, context: int, batch_size: int, seed: int = 0):
+        self.tokens, self.context, self.batch_size, self.seed = tokens, context, batch_size, seed
+
+    @property
+    def num_chunks(self) -> int:
+        return (len(self.tokens) - 1) // self.context
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, self.num_chunks // self.batch_size)
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) pairs, each (B, T), for epoch number `epoch`, skipping the first `skip`."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        T = self.context
+        max_offset = len(self.tokens) - 1 - self.num_chunks * T  # slack left after the chunks
+        offset = int(torch.randint(0, max_offset + 1, (1,), generator=g))
+        dev = self.tokens.device
+        starts = (offset + T * torch.randperm(self.num_chunks, generator=g)).to(dev)  # (num_chunks,)
+        B = min(self.batch_size, self.num_chunks)
+        rows = torch.arange(T + 1, device=dev)  # (T + 1,)
+        for b in range(skip, self.batches_per_epoch):
+            idx = starts[b * B:(b + 1) * B, None] + rows  # (B, T + 1)
+            chunk = self.tokens[idx]  # (B, T + 1)
+            yield chunk[:, :-1], chunk[:, 1:]
+
+
+def eval_windows(tokens: torch.Tensor, context: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cover every token of `tokens` after the first exactly once as a target: consecutive
+    windows of `context` inputs, the last one padded (inputs 0, targets -1 = ignored). Every
+    batch is (batch_size, context) so the eval step keeps one shape."""
+    T = context
+    n_targets = len(tokens) - 1
+    n_windows = (n_targets + T - 1) // T
+    padded_x = torch.zeros(n_windows * T, dtype=torch.long)
+    padded_y = torch.full((n_windows * T,), -1, dtype=torch.long)
+    padded_x[:n_targets] = tokens[:-1]
+    padded_y[:n_targets] = tokens[1:]
+    xs, ys = padded_x.view(n_windows, T), padded_y.view(n_windows, T)  # (W, T) each
+    for i in range(0, n_windows, batch_size):
+        x, y = xs[i:i + batch_size], ys[i:i + batch_size]
+        if len(x) < batch_size:  # pad with fully ignored rows
+            pad = batch_size - len(x)
+            x = torch.cat([x, torch.zeros(pad, T, dtype=torch.long)])
+            y = torch.cat([y, torch.full((pad, T), -1, dtype=torch.long)])
+        yield x, y
