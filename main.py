@@ -44,17 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train(args, device: str) -> int:
-    from tinylm.model import GPTConfig  # noqa: PLC0415
-    from tinylm.presets import PRESETS  # noqa: PLC0415
+    from tinylm.device import resolve_device  # noqa: PLC0415
+    from tinylm.presets import build_configs  # noqa: PLC0415
     from tinylm.runner import TrainJob, run_training  # noqa: PLC0415
-    from tinylm.train import TrainConfig  # noqa: PLC0415
 
-    preset = PRESETS["classic"]
-    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
-    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
-    job = TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None,
-                   train=TrainConfig(**train_kw, device=device), model=model_kw,
-                   init_model=Path(args.model) if args.model else None)
+    model_kw, train_cfg = build_configs("classic", {}, {"device": device}, resolve_device(device).type)
+    job = TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
+                   model=model_kw, init_model=Path(args.model) if args.model else None)
     run_training(job)
     return 0
 
@@ -65,14 +61,15 @@ def infer(args, device: str) -> int:
     from tinylm.errors import UsageError  # noqa: PLC0415
     from tinylm.generate import SamplingConfig  # noqa: PLC0415
     from tinylm.log import banner, log, summary  # noqa: PLC0415
-    from tinylm.textgen import generate_text  # noqa: PLC0415
+    from tinylm.textgen import encode_prompt, generate_text  # noqa: PLC0415
 
     if not args.model or args.prompt is None:
         raise UsageError("inference mode (-i) needs both -m MODEL and -p PROMPT, e.g. python main.py -i -m models/book.model -p \"Once\"")
     dev = resolve_device(device)
+    loaded = load_model(args.model, dev)
+    encode_prompt(loaded.tokenizer, args.prompt, loaded.model.cfg.context_size)  # bad prompt: error before any log
     banner("INFERENCE MODE", [("Model", args.model), ("Prompt", args.prompt), ("Device", dev.type)])
     log.info("Loading model...")
-    loaded = load_model(args.model, dev)
     c = loaded.model.cfg
     summary("Model", [("parameters", loaded.model.num_params()), ("embedding size", c.n_embd), ("context size", c.context_size),
                       ("transformers count", c.n_layer), ("ff network size", c.ff_size)])

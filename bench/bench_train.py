@@ -79,10 +79,20 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
         model.compile_blocks()
     elif variant == "full":
         fwd = torch.compile(model, dynamic=False)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
-    step = make_step(fwd, (x, y), opt, lambda m, a, b: m(a, b)[1])
+    if variant == "graph":  # tinylm's --cuda-graph step: the same AdamW, clipping and bf16 autocast
+        from tinylm.graph_step import GraphedStep
+        from tinylm.train import TrainConfig
+
+        g = GraphedStep(model, [{"params": list(model.parameters()), "weight_decay": 0.1}],
+                        TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95), torch.bfloat16, (B, T))
+
+        def step():
+            g([(x, y)], 6e-4)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        step = make_step(fwd, (x, y), opt, lambda m, a, b: m(a, b)[1])
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     step()
@@ -99,7 +109,7 @@ def bench_hf(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> d
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=V, n_positions=T, n_embd=768, n_layer=12, n_head=12,
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(cfg, attn_implementation="sdpa").cuda()
+    model = GPT2LMHeadModel(cfg).cuda()  # transformers picks SDPA attention where available
     n_params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
     fwd = torch.compile(model, dynamic=False) if variant == "compiled" else model
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)

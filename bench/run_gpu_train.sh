@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
 # Issue-4 GPU benchmarks in one device call (device kind nvidia-h200). Run from the repo root with
 # the tiny Shakespeare corpus carried in .carry/ (cp ../shared/data/tinyshakespeare.txt .carry/).
-#   bash bench/run_gpu_train.sh [throughput] [ttl]      (both when no argument)
+#   bash bench/run_gpu_train.sh throughput nanogpt_recipe fast20 ...   (names: see the case below)
 # Results: JSON lines on stdout; full child logs under $OUT (or /tmp/bench_out).
 set -u
 export PYTHONPATH=.
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"
 DATA=.carry/tinyshakespeare.txt
-what=${*:-throughput ttl}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-
-if [[ " $what " == *" throughput "* ]]; then
-  python3 bench/bench_train.py throughput ${VARIANTS:+--variants $VARIANTS} 2>&1 | tee "$OUT/throughput.txt"
-fi
+# The first compile on this machine is cold; later runs reuse the kernels (as a user's re-runs do).
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_cache
 
 ttl() {  # name, then tinylm train flags
   local name=$1; shift
   python3 bench/bench_train.py ttl --data "$DATA" --name "$name" --log "$OUT/ttl_$name.log" --out "/tmp/$name.model" -- "$@" 2>&1 | tail -1
 }
 NANO="--layers 6 --heads 6 --embd 384 --context 256 --ff 1536 --batch-size 64"
-if [[ " $what " == *" ttl "* ]]; then
-  # cold compile cache for the first run, as a new user would have it
-  export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_cold_$$
-  ttl nanogpt_recipe $NANO --dropout 0.2 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --steps 5000 --time 75 --eval-interval 250
-  export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_warm
-  ${TTL_RUNS:-true}
-fi
+for run in "$@"; do
+  case $run in
+    throughput) python3 bench/bench_train.py throughput ${VARIANTS:+--variants $VARIANTS} 2>&1 | tee "$OUT/throughput.txt" ;;
+    nanogpt_recipe) ttl $run $NANO --dropout 0.2 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --steps 5000 --time 75 --eval-interval 250 ;;
+    fast20) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 20 --eval-interval 100 ;;
+    fast20_muon) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 20 --eval-interval 100 --optimizer muon ;;
+    best60) ttl $run $NANO --dropout 0.2 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 55 --eval-interval 200 ;;
+    best60_big) ttl $run --layers 8 --heads 8 --embd 512 --ff 2048 --context 256 --batch-size 64 --dropout 0.3 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 55 --eval-interval 200 ;;
+    fast_rope) ttl $run $NANO --positions rope --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 14 --eval-interval 100 ;;
+    fast_rope_relu2_qk) ttl $run $NANO --positions rope --activation relu2 --qk-norm --dropout 0.2 --lr 3e-3 --min-lr 3e-4 --beta2 0.99 --warmup 50 --time 14 --eval-interval 100 ;;
+    profile) python3 bench/profile_train.py --variants ${PROFILE_VARIANTS:-eager,full,graph,full-ro} --profile ${PROFILE_WHICH:-graph} 2>&1 | tee "$OUT/profile.txt" ;;
+    tests) python3 -m pytest -q tests/test_gpu.py 2>&1 | tail -15 ;;
+    graph20) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 20 --eval-interval 100 --cuda-graph ;;
+    graph16) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 16 --eval-interval 100 --cuda-graph ;;
+    graph55_big) ttl $run --layers 8 --heads 8 --embd 512 --ff 2048 --context 256 --batch-size 64 --dropout 0.25 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 55 --eval-interval 200 --cuda-graph ;;
+    graph55) ttl $run $NANO --dropout 0.2 --lr 1.5e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 55 --eval-interval 200 --cuda-graph ;;
+    nano16) ttl $run $NANO --dropout 0.2 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 16 --eval-interval 100 ;;
+    nano16_lr2) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 1e-4 --beta2 0.99 --warmup 50 --time 16 --eval-interval 100 ;;
+    d35) ttl $run $NANO --dropout 0.35 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
+    big_d45) ttl $run --layers 8 --heads 8 --embd 512 --ff 2048 --context 256 --batch-size 64 --dropout 0.45 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
+    d3_wd) ttl $run $NANO --dropout 0.3 --weight-decay 1.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
+    gen) python3 bench/bench_generate.py ${GEN_ARGS:---device cuda} 2>&1 | tail -25 ;;
+    *) echo "unknown run $run" ;;
+  esac
+done

@@ -45,6 +45,21 @@ def make_text(n_chars: int, seed: int = 0) -> str:
     return "".join(out)[:n_chars]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_cpu_thread():
+    """Tiny models run as fast on one thread, and on a busy 2-core CI machine a second intra-op
+    thread makes every step stall. TINYLM_THREADS keeps Trainer (device.configure) at one too."""
+    before, env = torch.get_num_threads(), os.environ.get("TINYLM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["TINYLM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("TINYLM_THREADS", None)
+    else:
+        os.environ["TINYLM_THREADS"] = env
+
+
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     """About 6000 characters of built-in text: enough for a context-16 model and a val split."""
@@ -106,6 +121,7 @@ def cli_env(tmp: Path, extra: dict | None = None) -> dict:
     env["XDG_CACHE_HOME"] = str(tmp / ".xdg-cache")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    env["TINYLM_THREADS"] = env["OMP_NUM_THREADS"] = "1"  # see one_cpu_thread; several runs may share 2 cores
     env.pop("PYTHONWARNINGS", None)
     env.update(extra or {})
     return env

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -43,6 +44,44 @@ def test_hand_checked_merges():
     X = 4 + 256 + 2  # ids: 4 specials, 256 bytes, then aa, ab, aaab
     assert t.encode("aaabdaaabac") == [X, 4 + ord("d"), X, 4 + ord("a"), 4 + ord("c")]
     assert t.encode_reference("aaabdaaabac") == t.encode("aaabdaaabac")
+
+
+def naive_merges(words: dict[bytes, int], n: int) -> list[tuple[bytes, bytes]]:
+    """The textbook algorithm: recount every pair after every merge. Same tie rule: highest
+    count, then smallest (left bytes, right bytes); a merge whose bytes exist adds no token."""
+    seqs = {w: [bytes([c]) for c in w] for w in words}  # word -> its tokens, as bytes
+    vocab, out = {bytes([i]) for i in range(256)}, []
+    while len(out) < n:
+        counts = Counter()
+        for w, seq in seqs.items():
+            for pair in zip(seq, seq[1:]):
+                counts[pair] += words[w]
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p))
+        for w, seq in seqs.items():
+            merged, i = [], 0
+            while i < len(seq):
+                if tuple(seq[i:i + 2]) == best:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(seq[i])
+                    i += 1
+            seqs[w] = merged
+        if best[0] + best[1] not in vocab:
+            vocab.add(best[0] + best[1])
+            out.append(best)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_incremental_equals_naive(seed):
+    rng = random.Random(seed)
+    # few distinct letters -> many repeated pairs, ties, runs like "aaaa" and re-made byte strings
+    text = "".join(rng.choice("aab  bc\nd'é") for _ in range(3000)) + PARAGRAPH[: 400 * seed]
+    words = count_words(text, r" ?\w+| ?[^\w\s]+|\s+")
+    assert learn_merges(words, 150) == naive_merges(words, 150)
 
 
 def test_merges_never_cross_chunks():
@@ -216,6 +255,16 @@ def test_gpt2_from_local_rank_file(tmp_path):
     assert t.encode("hi<|endoftext|>", allow_special=True)[-1] == 50256
     again = from_dict(t.to_dict())  # self-contained: no rank file needed to reload
     assert again.kind == "gpt2" and again.encode("hello") == t.encode("hello")
+
+
+def test_damaged_rank_file(tmp_path):
+    path = tmp_path / "bad.tiktoken"
+    path.write_text("IQ== 0\nnot-base64!! 1\n")
+    with pytest.raises(UsageError, match="line 2 is not `base64 rank`"):
+        BPETokenizer.from_tiktoken_file(path)
+    path.write_text("IQ== 0\nIg== 1\n")  # readable, but lacks most single bytes
+    with pytest.raises(UsageError, match="lacks 254 of the 256 single bytes"):
+        BPETokenizer.from_tiktoken_file(path)
 
 
 def test_pure_python_fallback(monkeypatch):

@@ -247,3 +247,35 @@ def test_softcap_bounds_the_logits():
         logits, _ = model(torch.randint(0, 40, (1, 8)))
     assert logits.abs().max().item() <= 2.0
     assert logits.abs().max().item() > 1.9
+
+
+# ---------------------------------------------------------------- position encodings
+
+def test_rope_is_a_rotation_that_depends_only_on_relative_position():
+    from tinylm.positions import apply_rope, rope_tables
+
+    hs, n = 16, 64
+    cos, sin = rope_tables(n, hs)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, hs, generator=g), torch.randn(1, 1, 1, hs, generator=g)
+    at = lambda x, p: apply_rope(x, cos[p:p + 1], sin[p:p + 1])  # noqa: E731
+    torch.testing.assert_close(at(q, 0), q)  # position 0: identity
+    for p in (1, 7, 40):  # a rotation keeps the norm
+        torch.testing.assert_close(at(q, p).norm(), q.norm())
+    score = lambda m, n_: float((at(q, m) * at(k, n_)).sum())  # noqa: E731
+    for m, n_, shift in ((5, 2, 10), (3, 9, 20), (0, 0, 33)):
+        assert score(m, n_) == pytest.approx(score(m + shift, n_ + shift), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+
+
+def test_sinusoidal_table_values():
+    from tinylm.positions import sinusoidal_table
+
+    t = sinusoidal_table(50, 8)
+    assert t.shape == (50, 8)
+    torch.testing.assert_close(t[0], torch.tensor([0.0, 1.0] * 4))
+    for p in (1, 17, 49):
+        for i in range(4):
+            angle = p / 10000 ** (2 * i / 8)
+            assert t[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert t[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)

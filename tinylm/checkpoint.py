@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,21 +49,69 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         pass
 
 
-def save_model(path: str | os.PathLike, model: GPT, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+def model_file_bytes(state: dict[str, torch.Tensor], cfg: GPTConfig, tokenizer: Tokenizer, meta: dict | None = None) -> bytes:
+    """Serialise weights (as from `GPT.state_for_saving`) and their description to the file format."""
     from safetensors.torch import save  # noqa: PLC0415
 
-    tensors = {k: v.to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
-               for k, v in model.state_for_saving().items()}
+    tensors = {k: v.to("cpu", torch.float32) if v.is_floating_point() else v.cpu() for k, v in state.items()}
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise RuntimeError(f"refusing to save a model with NaN/inf weights (first: {bad[0]})")
     metadata = {
         "format": FORMAT,
-        "model_config": json.dumps(model.cfg.to_dict()),
+        "model_config": json.dumps(cfg.to_dict()),
         "tokenizer": json.dumps(tokenizer.to_dict()),
         "meta": json.dumps(meta or {}),
     }
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return save(tensors, metadata=metadata)
+
+
+def save_model(path: str | os.PathLike, model: GPT, tokenizer: Tokenizer, meta: dict | None = None) -> None:
+    atomic_write_bytes(path, model_file_bytes(model.state_for_saving(), model.cfg, tokenizer, meta))
+
+
+class BackgroundSaver:
+    """Writes model files on a worker thread so training does not wait for the disk. `submit`
+    takes a CPU snapshot at once (so later training steps cannot change what is saved); when
+    several snapshots for one path queue up, only the newest is written. `wait` blocks until
+    everything submitted is on disk and re-raises the first error."""
+
+    def __init__(self):
+        self._pending: dict[Path, tuple] = {}  # path -> (state, cfg, tokenizer, meta)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: str | os.PathLike, model: GPT, tokenizer: Tokenizer, meta: dict) -> None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_for_saving().items()}
+        with self._lock:
+            self._pending[Path(path)] = (state, model.cfg, tokenizer, meta)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="tinylm-saver", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                path, job = next(iter(self._pending.items()))
+                del self._pending[path]
+            try:
+                atomic_write_bytes(path, model_file_bytes(*job))
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread in wait()
+                self._error = self._error or e
+
+    def wait(self) -> None:
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+            with self._lock:  # a submit may have raced with the worker's exit
+                if self._pending and not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._work, name="tinylm-saver", daemon=True)
+                    self._thread.start()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 @dataclass
@@ -97,6 +146,8 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tens
     try:
         header = json.loads(data[8:8 + n])
         metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not an object")
     except (ValueError, AttributeError):
         raise _not_a_model(p, "unreadable header") from None
     if metadata.get("format") != FORMAT:

@@ -2,6 +2,7 @@
 
     tinylm train     train a model on a text file (or the default corpus)
     tinylm generate  continue a prompt with a trained model
+    tinylm chat      ask a Q&A-trained model questions, one per line
     tinylm eval      loss and perplexity of a model on a text file
     tinylm tokenizer train   train a BPE tokenizer and save it as JSON
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .log import log, setup_logging
-from .presets import PRESETS
+from .presets import PRESETS  # noqa: F401 - names for --preset
 
 # flag dest -> GPTConfig field
 MODEL_FLAGS = {"layers": "n_layer", "heads": "n_head", "embd": "n_embd", "context": "context_size", "ff": "d_ff",
@@ -29,8 +30,7 @@ TRAIN_FLAGS = {"epochs": "epochs", "steps": "max_steps", "time": "time_budget", 
                "schedule": "schedule", "patience": "patience", "optimizer": "optimizer", "beta1": "beta1", "beta2": "beta2",
                "weight_decay": "weight_decay", "grad_clip": "grad_clip", "eval_interval": "eval_interval",
                "val_fraction": "val_fraction", "seed": "seed", "device": "device", "dtype": "dtype",
-               "compile": "compile", "log_interval": "log_interval"}
-TRAIN_DEFAULTS = {"epochs": 1}  # used when no --epochs/--steps/--time is given and the preset sets none
+               "compile": "compile", "cuda_graph": "cuda_graph", "log_interval": "log_interval"}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -77,7 +77,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto: CUDA if available)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    g.add_argument("--compile", choices=["auto", "off", "model", "blocks"], default=None,
+                   help="torch.compile for training: model (whole forward+loss), blocks (each block; faster to compile), "
+                        "off; auto (default) = model on CUDA, off on CPU")
+    g.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="replay the whole training step as one CUDA graph (CUDA, AdamW; instead of --compile)")
     g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
 
 
@@ -92,6 +96,16 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unknown", choices=["error", "replace"], default="error",
                    help="prompt characters the model never saw: error (default) or replace with <UNK>")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a sample at this text, which is not printed (repeatable; default: only EOS ends)")
+    p.add_argument("--decode", choices=["auto", "eager", "graph", "compile"], default="auto",
+                   help="decoding engine: auto (CUDA graph on GPU, eager on CPU), eager, graph, or compile "
+                        "(torch.compile + CUDA graph: fastest per token, slow to start)")
+    p.add_argument("--window", choices=["auto", "slide", "roll"], default="auto",
+                   help="past the context size: slide (re-prefill every quarter context) or roll (RoPE only); "
+                        "auto = roll for RoPE models, slide otherwise")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = auto: one for models under 50M parameters, "
+                   "whose one-token steps are too small to split, else one per core)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue a prompt", description="Generate text from a trained model.")
     p.add_argument("-m", "--model", required=True, help="model file")
     p.add_argument("-p", "--prompt", required=True, help="text to continue")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch; "
+                   "sample i uses seed + i (default 1)")
+    _add_sampling_args(p)
+    p = sub.add_parser("chat", help="ask a Q&A model questions",
+                       description="Interactive questions and answers with a model trained on Q&A pairs. One question per "
+                                   "line; Ctrl-C stops an answer, `exit` or Ctrl-D quits.")
+    p.add_argument("-m", "--model", required=True, help="model file")
     _add_sampling_args(p)
     p = sub.add_parser("eval", help="loss and perplexity on a text file", description="Evaluate a model on a text file.")
     p.add_argument("-m", "--model", required=True, help="model file")
@@ -110,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
     p = sub.add_parser("demo", help="train on tiny Shakespeare, then print a sample",
                        description="Fetch the default corpus, train a small char model (CPU or GPU) and print a sample.")
-    p.add_argument("--time", type=float, default=None, help="training seconds (default: 180 on CPU, 60 on a GPU)")
+    p.add_argument("--time", type=float, default=None, help="training seconds (default: 180 on CPU, 30 on a GPU)")
     p.add_argument("-o", "--output", default="models/demo.model", help="model file (default models/demo.model, overwritten)")
     p.add_argument("-p", "--prompt", default="The ", help="prompt for the sample")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default auto)")
@@ -127,28 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
-    from .model import GPTConfig  # noqa: PLC0415
+    from .device import resolve_device  # noqa: PLC0415
+    from .presets import build_configs  # noqa: PLC0415
     from .runner import TrainJob  # noqa: PLC0415
-    from .train import TrainConfig  # noqa: PLC0415
 
-    preset = dict(PRESETS[args.preset])
-    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
-    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
-    for flag, fieldname in MODEL_FLAGS.items():
-        if getattr(args, flag, None) is not None:
-            model_kw[fieldname] = getattr(args, flag)
-    for flag, fieldname in TRAIN_FLAGS.items():
-        if getattr(args, flag, None) is not None:
-            train_kw[fieldname] = getattr(args, flag)
-    if "compile" not in train_kw:  # compile by default where it pays: on CUDA
-        from .device import resolve_device  # noqa: PLC0415
-
-        train_kw["compile"] = resolve_device(train_kw.get("device", "auto")).type == "cuda"
-    if not any(train_kw.get(k) for k in ("epochs", "max_steps", "time_budget")):
-        train_kw.update({"epochs": TRAIN_DEFAULTS["epochs"]})
+    model_over = {field: getattr(args, flag) for flag, field in MODEL_FLAGS.items() if getattr(args, flag, None) is not None}
+    train_over = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
+    device = resolve_device(train_over.get("device", "auto"))
+    model_kw, train_cfg = build_configs(args.preset, model_over, train_over, device.type)
     if args.model and any(getattr(args, f, None) is not None for f in MODEL_FLAGS):
         raise UsageError("model-shape flags (--layers, --embd, ...) cannot change a model given with -m; drop them, or drop -m to train a new model")
-    return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=TrainConfig(**train_kw),
+    return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
                     model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
                     tokenizer=args.tokenizer, vocab_size=args.vocab_size)
 
@@ -169,16 +179,54 @@ def sampling_from_args(args):
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
-def cmd_generate(args) -> int:
+def _generation_setup(args):
+    """Checks shared by generate and chat, then (sampling config, loaded model)."""
+    import torch  # noqa: PLC0415
+
     from .checkpoint import load_model  # noqa: PLC0415
     from .device import resolve_device  # noqa: PLC0415
-    from .textgen import generate_text  # noqa: PLC0415
 
     cfg = sampling_from_args(args)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be 0 (auto) or positive, got {args.threads}")
+    if any(s == "" for s in args.stop):
+        raise UsageError("--stop must not be empty; give the text at which a sample should end")
     device = resolve_device(args.device)
     loaded = load_model(args.model, device)
-    generate_text(loaded.model, loaded.tokenizer, args.prompt, cfg, beams=args.beams, stream=sys.stdout, unknown=args.unknown, echo_prompt=True)
-    sys.stdout.write("\n")
+    # Decoding a small model is a chain of tiny matrix-vector products: splitting them over threads
+    # gains nothing measurable and, on a busy machine, waiting for the slowest thread costs up to
+    # 10x (bench/RESULTS.md, Generation).
+    if args.threads or (device.type == "cpu" and loaded.model.num_params() < 50_000_000):
+        torch.set_num_threads(args.threads or 1)
+    return cfg, loaded
+
+
+def cmd_generate(args) -> int:
+    from .textgen import generate_text, generate_texts  # noqa: PLC0415
+
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
+    if args.num_samples > 1 and args.beams > 1:
+        raise UsageError("beam search gives one result: drop --beams to draw --num-samples samples, or drop --num-samples")
+    cfg, loaded = _generation_setup(args)
+    opts = dict(stop=args.stop, unknown=args.unknown, decode=args.decode, window=args.window)
+    if args.num_samples == 1:
+        generate_text(loaded.model, loaded.tokenizer, args.prompt, cfg, beams=args.beams, stream=sys.stdout, echo_prompt=True, **opts)
+        sys.stdout.write("\n")
+        return 0
+    texts = generate_texts(loaded.model, loaded.tokenizer, args.prompt, cfg, args.num_samples, **opts)
+    for i, text in enumerate(texts):
+        seed = f" (seed {cfg.seed + i})" if cfg.seed is not None else ""
+        sys.stdout.write(f"--- sample {i + 1}/{len(texts)}{seed} ---\n{args.prompt}{text}\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .chat import chat  # noqa: PLC0415
+
+    cfg, loaded = _generation_setup(args)
+    chat(loaded.model, loaded.tokenizer, cfg, stop=args.stop, unknown=args.unknown, decode=args.decode,
+         window=args.window, beams=args.beams)
     return 0
 
 
@@ -224,23 +272,18 @@ def cmd_demo(args) -> int:
     from .checkpoint import load_model  # noqa: PLC0415
     from .device import resolve_device  # noqa: PLC0415
     from .generate import SamplingConfig  # noqa: PLC0415
-    from .model import GPTConfig  # noqa: PLC0415
+    from .presets import build_configs  # noqa: PLC0415
     from .runner import TrainJob, run_training  # noqa: PLC0415
     from .textgen import generate_text  # noqa: PLC0415
-    from .train import TrainConfig  # noqa: PLC0415
 
     device = resolve_device(args.device)
-    name = "cpu" if device.type == "cpu" else "tiny"
-    seconds = args.time if args.time is not None else (180.0 if device.type == "cpu" else 60.0)
-    preset = PRESETS[name]
-    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__}
-    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__}
-    train_kw.update(time_budget=seconds, epochs=0, max_steps=0, device=device.type)
-    train_kw.setdefault("eval_interval", 250)
+    name = "cpu" if device.type == "cpu" else "speedrun"
+    seconds = args.time if args.time is not None else (180.0 if device.type == "cpu" else 30.0)
+    model_kw, train_cfg = build_configs(name, {}, {"time_budget": seconds, "device": device.type}, device.type)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("Demo: preset %r for %g s on %s", name, seconds, device.type)
-    res = run_training(TrainJob(dataset=None, output=out, train=TrainConfig(**train_kw), model=model_kw, force=True))
+    res = run_training(TrainJob(dataset=None, output=out, train=train_cfg, model=model_kw, force=True))
     loaded = load_model(out, device)
     log.info("Sample (validation loss %.4f):", res.best_val)
     sys.stderr.flush()
@@ -250,7 +293,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
 
 
 def run_guarded(fn, *args) -> int:

@@ -1,25 +1,51 @@
-"""Text generation: pure sampling functions over logits, the decoding loop, and beam search.
+"""Text generation over token ids: pure sampling functions on logits, the decoding engine, and
+beam search.
 
 The engine knows nothing about tokenization, only token ids: the caller encodes the prompt and
-decodes what comes back (streaming gets each new id through a callback).
+decodes what comes back (streaming gets each step's ids through a callback). Text-level features,
+stop strings and UTF-8-safe streaming, live in textgen.py.
 
-Window policy: a model attends over at most `context_size` tokens. When the sequence outgrows
-that, the window slides forward by `slide` tokens at once (a quarter of the context by default)
-and the kept tokens are re-prefilled in one pass. Sliding by one token every step (seed 004)
-would force a full recompute per token with learned or sinusoidal positions, since every
-cached key would change position; sliding in strides keeps the KV cache valid between slides.
-The uncached path follows the same policy, so both give the same tokens.
+Window policy. A model attends over at most `context_size` tokens. When the sequence outgrows it:
+- slide (learned or sinusoidal positions): the window jumps forward by `slide` tokens at once (a
+  quarter of the context by default) and the kept tokens are re-prefilled in one pass. Sliding
+  by one token every step (seed 004) would force a full recompute per token, because every cached
+  key would change position; sliding in strides keeps the cache valid between jumps, at the cost
+  of one prefill per `slide` tokens. The uncached path follows the same policy, so both give the
+  same tokens.
+- roll (RoPE only): the cache is a ring of the last `context_size` tokens and each new token
+  overwrites the oldest. RoPE scores depend only on query-key distance, so cached keys stay valid
+  as the window moves and nothing is recomputed; no distance exceeds what training saw. This is
+  sliding-window attention (Beltagy et al. 2020): a cached key was computed when its token saw
+  its own window, not the current one, and quality may dip once the first tokens have left the
+  cache (the "attention sink" effect, Xiao et al. 2023).
+"auto" picks roll for RoPE models and slide for the others.
+
+Randomness. Row b draws its noise from a counter-based hash of (seed + b, step, token id) and
+takes argmax(logits / temperature + Gumbel noise), the Gumbel-max trick, which samples exactly
+from the softmax. No generator state is involved, so row b of a batch gets what `seed + b` gives
+alone, and the whole step, sampling included, can run inside a CUDA graph.
+
+Speed. Decoding drives the cache in static mode (kv_cache.py): fixed shapes, the position in a
+device tensor. On CUDA one step (forward, sampling, bookkeeping) is recorded once as a CUDA graph
+and replayed for every token, optionally after torch.compile has fused its kernels. The host
+reads tokens back only when a callback wants them (streaming, stop strings), or every
+`sync_every` steps to learn whether every row has finished.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .log import log
+
+WINDOWS = ("auto", "slide", "roll")
+DECODES = ("auto", "eager", "graph", "compile")
 
 
 @dataclass
@@ -28,8 +54,8 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy (argmax)
     top_k: int = 0  # 0 = off; else keep the k most likely tokens
     top_p: float = 1.0  # 1 = off; else keep the smallest set with cumulative probability >= p
-    repetition_penalty: float = 1.0  # 1 = off; >1 makes already-generated tokens less likely
-    seed: int | None = None  # None = not reproducible
+    repetition_penalty: float = 1.0  # 1 = off; >1 makes tokens already in the sequence less likely
+    seed: int | None = None  # None = a fresh random seed each call; row b uses seed + b
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -71,135 +97,401 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def repetition_filter(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (Keskar et al. 2019): logits of tokens in `seen` (B, S) are divided
-    by `penalty` when positive and multiplied when negative."""
+    """CTRL's repetition penalty (Keskar et al. 2019): where seen (B, V) is True the logit is
+    divided by `penalty` if positive, multiplied if negative. Example: [2, -1], seen both,
+    penalty 2 -> [1, -2]."""
     if penalty == 1.0:
         return logits
-    picked = logits.gather(-1, seen)  # (B, S)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
-    return logits.scatter(-1, seen, picked)
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> next ids (B,): greedy when temperature is 0, else filtered sampling."""
+_U32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two xorshift-multiply rounds) of an int64 tensor of values in
+    [0, 2^32). subtle: both multipliers are below 2^31, so no product overflows int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _U32
+    x = x ^ (x >> 15)
+    x = (x * 0x4CA68B35) & _U32
+    return x ^ (x >> 16)
+
+
+def row_keys(seed: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B,) int64 noise keys: row b is keyed by `seed + b` alone (any Python int)."""
+    seeds = [(seed + b) & 0xFFFF_FFFF_FFFF_FFFF for b in range(batch)]
+    lo = torch.tensor([s & _U32 for s in seeds], dtype=torch.long)
+    hi = torch.tensor([s >> 32 for s in seeds], dtype=torch.long)
+    return _mix32(lo ^ _mix32(hi)).to(device)
+
+
+def uniform_noise(keys: torch.Tensor, step: torch.Tensor | int, vocab: int) -> torch.Tensor:
+    """(B, V) numbers in (0, 1), a pure function of (keys[b], step, token id): 24 random bits
+    each, centred in their bucket so that 0 and 1 never occur."""
+    row = _mix32(keys ^ _mix32(torch.as_tensor(step, device=keys.device) & _U32))  # (B,)
+    ids = torch.arange(vocab, device=keys.device)  # (V,)
+    x = _mix32((row[:, None] + ids * 0x9E3779B1) & _U32)  # (B, V); golden-ratio stride between ids
+    return ((x >> 8).float() + 0.5) * 2.0 ** -24
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, keys: torch.Tensor | None = None,
+                step: torch.Tensor | int = 0) -> torch.Tensor:
+    """logits (B, V) -> next ids (B,): argmax when temperature is 0, else a sample from the
+    filtered softmax via Gumbel-max with the noise of (keys, step); keys None = fresh randomness."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     logits = top_p_filter(top_k_filter(logits.float() / cfg.temperature, cfg.top_k), cfg.top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if keys is None:
+        keys = row_keys(int(torch.randint(0, 2**62, ())), logits.size(0), logits.device)
+    gumbel = -torch.log(-torch.log(uniform_noise(keys, step, logits.size(-1))))  # (B, V)
+    return (logits + gumbel).argmax(dim=-1)
 
 
-# ---------------------------------------------------------------- the decoding loop
+# ---------------------------------------------------------------- the model at given positions
+
+def cpu_weight_layout(model) -> None:
+    """Store each Linear weight transposed in memory, (in, out) row-major, keeping its values,
+    shape and Parameter. F.linear then gives BLAS x @ W with W in its natural layout, and a
+    one-row product (decoding) reads it ~1.7x faster than (out, in) on the CPUs we measured
+    (bench/RESULTS.md; HF's GPT-2 stores Conv1D weights this way). The tied head keeps the
+    embedding's layout. Idempotent; training still works on the re-laid weights."""
+    with torch.inference_mode(False):  # subtle: weights made in inference mode could never be trained again
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight is not model.wte.weight and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()
+
+
+def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) -> torch.Tensor:
+    """The model's forward for decoding: idx (B, T) at positions pos (T,), keys and values through
+    `cache` in static mode -> logits of the last position (B, V_padded).
+
+    It mirrors GPT.forward (tests check that they agree) with the position as a device tensor, so
+    a CUDA graph can replay it at every position; rope: (cos, sin) for pos, else the model's own
+    tables (the rolling window passes angles beyond them)."""
+    cfg = model.cfg
+    x = model.wte(idx)  # (B, T, C)
+    if cfg.positions == "learned":
+        x = x + model.wpe(pos)  # (B, T, C)
+    elif cfg.positions == "sinusoidal":
+        x = x + model.sin_table[pos]  # (B, T, C)
+    elif rope is None:
+        rope = (model.rope_cos[pos], model.rope_sin[pos])  # (T, hs/2) each
+    cache.set_positions(pos)
+    for i, block in enumerate(model.blocks):
+        x = block(x, rope, cache, i)
+    logits = model.lm_head(model.ln_f(x[:, -1]))  # (B, V_padded)
+    if cfg.logit_softcap > 0:
+        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+    return logits
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def resolve_window(window: str, positions: str) -> str:
+    if window not in WINDOWS:
+        raise UsageError(f"--window must be one of {', '.join(WINDOWS)}, got {window!r}")
+    if window == "roll" and positions != "rope":
+        raise UsageError(f"--window roll needs a RoPE model (this one has {positions} positions); use --window slide")
+    if window == "auto":
+        return "roll" if positions == "rope" else "slide"
+    return window
+
 
 class Decoder:
-    """Feeds a growing sequence to the model and returns next-token logits (B, V), keeping the KV
-    cache (if used) in step with the window policy in the module docstring."""
+    """Feeds a growing sequence to the model and returns next-token logits (B, vocab), keeping a
+    static KV cache in step with the window policy of the module docstring.
 
-    def __init__(self, model, vocab_size: int, use_cache: bool = True, slide: int = 0):
+    `prefill`/`step` take the whole sequence so far (B, n) and are all a host loop needs;
+    `forward_one` is the fixed-shape part that a CUDA graph records. Eagerly (track_host), the
+    host also counts the filled slots so that attention reads only those; a recorded step must
+    read them all (set track_host False before recording)."""
+
+    def __init__(self, model, batch: int, vocab_size: int, use_cache: bool = True, window: str = "auto", slide: int = 0):
+        cfg = model.cfg
         self.model, self.vocab_size, self.use_cache = model, vocab_size, use_cache
-        self.ctx = model.cfg.context_size
-        self.slide = slide or max(1, self.ctx // 4)
-        self.start = 0  # index in the full sequence where the current window begins
+        self.ctx = cfg.context_size
+        self.slide = min(slide or max(1, self.ctx // 4), self.ctx)
+        # Without the cache only `model(idx, last_only=True)` and `cfg.context_size` are used (the
+        # reference path; tests drive it with stand-in models).
+        self.rolling = use_cache and resolve_window(window, cfg.positions) == "roll"
+        device = model_device(model)
         self.cache = None
+        if use_cache:
+            if device.type == "cpu":
+                cpu_weight_layout(model)
+            self.cache = model.new_cache(batch, rolling=self.rolling)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # position of the next token fed
+        self.track_host, self.host_pos = True, 0  # host copy of `pos`, eager only
+        self.start = 0  # index in the full sequence where the window begins
+        self.inv_freq = None
+        if self.rolling:  # RoPE angles computed per position: the ring goes past the model's tables
+            hs = cfg.head_size
+            self.inv_freq = cfg.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=device) / hs)  # (hs/2,)
 
-    @torch.no_grad()
+    def _rope(self, pos: torch.Tensor):
+        if self.inv_freq is None:
+            return None
+        angles = pos.float()[:, None] * self.inv_freq  # (T, hs/2), as positions.rope_tables computes them
+        return angles.cos(), angles.sin()
+
     def prefill(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq (B, T): the whole sequence so far. A prompt longer than the context keeps its last
-        `context_size` tokens (seed 004's sliding window)."""
+        """seq (B, n): the prompt. One longer than the context keeps its last `context_size`
+        tokens (seed 004's sliding window)."""
         self.start = max(0, seq.size(1) - self.ctx)
         return self._run_window(seq)
 
-    @torch.no_grad()
-    def step(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq (B, T): the sequence including the token just appended."""
-        if seq.size(1) - self.start > self.ctx:  # window full: slide and re-prefill
+    def needs_refill(self, n: int) -> bool:
+        """Whether the step that feeds token n-1 of the sequence must re-run the window."""
+        return not self.use_cache or (not self.rolling and n - self.start > self.ctx)
+
+    def refill(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.size(1) - self.start > self.ctx:  # window full: jump forward by `slide`
             self.start = seq.size(1) - (self.ctx - self.slide)
-            return self._run_window(seq)
-        if not self.use_cache:
-            return self._run_window(seq)
-        logits, _ = self.model(seq[:, -1:], cache=self.cache)  # (B, 1, V)
-        return logits[:, -1, : self.vocab_size]
+        return self._run_window(seq)
+
+    def step(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, n): the sequence including the token just appended."""
+        if self.needs_refill(seq.size(1)):
+            return self.refill(seq)
+        return self.forward_one(seq[:, -1:])
+
+    def forward_one(self, tok: torch.Tensor) -> torch.Tensor:
+        """tok (B, 1) at position `self.pos` -> logits (B, vocab). Fixed shapes, no host sync."""
+        self.cache.filled = None  # recorded: every slot (and no Python int for torch.compile to specialise on)
+        if self.track_host:
+            self.host_pos += 1
+            self.cache.filled = min(self.host_pos, self.ctx)
+        logits = forward_at(self.model, tok, self.pos, self.cache, self._rope(self.pos))
+        self.pos += 1
+        return logits[:, : self.vocab_size]
 
     def _run_window(self, seq: torch.Tensor) -> torch.Tensor:
-        window = seq[:, self.start:]  # (B, <= ctx)
-        if self.use_cache:
-            self.cache = self.model.new_cache(seq.size(0))
-        logits, _ = self.model(window, cache=self.cache, last_only=True)  # (B, 1, V)
-        return logits[:, -1, : self.vocab_size]
+        window = seq[:, self.start:]  # (B, T <= ctx)
+        if not self.use_cache:
+            logits, _ = self.model(window, last_only=True)  # (B, 1, V)
+            return logits[:, -1, : self.vocab_size]
+        T = window.size(1)
+        pos = torch.arange(T, device=window.device)  # (T,)
+        self.cache.filled = T
+        logits = forward_at(self.model, window, pos, self.cache, self._rope(pos))
+        self.pos.fill_(T)
+        self.host_pos = T
+        return logits[:, : self.vocab_size]
 
     def reorder(self, index: torch.Tensor) -> None:
         if self.cache is not None:
             self.cache.reorder(index)
 
 
-@torch.no_grad()
-def generate(model, prompt: torch.Tensor, cfg: SamplingConfig, vocab_size: int, eos_id: int | None = None,
-             on_token: Callable[[torch.Tensor], None] | None = None, use_cache: bool = True) -> torch.Tensor:
-    """prompt (B, T0) ids -> (B, T0 + n) ids. Each row stops at its own EOS (later positions of a
-    finished row are filled with EOS); the loop ends when every row has finished or after
-    cfg.max_new_tokens. on_token receives each step's new ids (B,) as they are produced."""
-    model.eval()
-    gen = None
-    if cfg.seed is not None:
-        gen = torch.Generator(device=prompt.device).manual_seed(cfg.seed)
-    dec = Decoder(model, vocab_size, use_cache)
-    seq = prompt
-    logits = dec.prefill(seq)
-    done = torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
-    for i in range(cfg.max_new_tokens):
-        logits = repetition_filter(logits, seq, cfg.repetition_penalty)
-        nxt = sample_next(logits, cfg, gen)  # (B,)
-        if eos_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            done = done | (nxt == eos_id)
-        seq = torch.cat([seq, nxt[:, None]], dim=1)  # (B, T + 1)
-        if on_token is not None:
-            on_token(nxt)
-        if i + 1 == cfg.max_new_tokens or (eos_id is not None and bool(done.all())):
-            break
-        logits = dec.step(seq)
-    return seq
+# ---------------------------------------------------------------- sampling state and the engine
 
+class Sampler:
+    """Chooses each step's tokens and keeps the per-row state that choosing updates, all in
+    preallocated device tensors so that a recorded step can update them in place."""
+
+    def __init__(self, cfg: SamplingConfig, batch: int, vocab_size: int, eos_id: int | None, device):
+        self.cfg, self.eos_id = cfg, eos_id
+        self.fill = eos_id if eos_id is not None else 0  # what a finished row is fed from then on
+        self.keys = row_keys(self._seed(), batch, device)  # (B,)
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # index of the token being chosen
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)  # last choice, fed next
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,) finished rows
+        self.length = torch.zeros(batch, dtype=torch.long, device=device)  # tokens chosen before finishing, EOS included
+        self.seen = None  # (B, V) tokens in the sequence, for the repetition penalty
+        if cfg.repetition_penalty != 1.0:
+            self.seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)
+
+    def _seed(self) -> int:
+        return self.cfg.seed if self.cfg.seed is not None else int(torch.randint(0, 2**62, ()))
+
+    def start(self, prompt: torch.Tensor) -> None:
+        """Reset for a new generation (in place: a recorded step keeps reading these tensors)."""
+        self.step.zero_(), self.done.zero_(), self.length.zero_()
+        if self.cfg.seed is None:  # no seed: fresh randomness for every generation
+            self.keys.copy_(row_keys(self._seed(), self.keys.numel()))
+        if self.seen is not None:
+            self.seen.zero_()
+            self.seen.scatter_(1, prompt, True)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) -> this step's ids (B,); finished rows get `fill`."""
+        if self.seen is not None:
+            logits = repetition_filter(logits, self.seen, self.cfg.repetition_penalty)
+        nxt = sample_next(logits, self.cfg, self.keys, self.step)
+        nxt = torch.where(self.done, self.fill, nxt)  # (B,)
+        self.length += (~self.done).long()
+        if self.eos_id is not None:
+            self.done |= nxt == self.eos_id
+        if self.seen is not None:
+            self.seen.scatter_(1, nxt[:, None], True)
+        self.tok.copy_(nxt[:, None])
+        self.step += 1
+        return nxt
+
+    def finish(self, rows: Sequence[bool]) -> None:
+        """Mark rows finished from the host (a stop string was found)."""
+        self.done |= torch.as_tensor(list(rows), dtype=torch.bool, device=self.done.device)
+
+
+def _record_cuda_graph(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """Record fn, which must read and write only preallocated tensors, as a CUDA graph; return a
+    function that replays it and gives fn's output tensor (overwritten by each replay)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the graph: lazy init, cuBLAS workspaces, compilation
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+
+    return replay
+
+
+class Engine:
+    """Generates continuations for batches of B prompts with fixed sampling settings. Building it
+    records the CUDA graph (when used); calling it runs one generation. Reuse one engine for many
+    prompts (chat does) so the graph is recorded once.
+
+    decode: auto (graph on CUDA, eager elsewhere) | eager | graph (CUDA graph of the eager step) |
+    compile (torch.compile the step, then record it as a CUDA graph; slower to start; each
+    compiled engine adds an entry to dynamo's cache for `_one_step`, which holds
+    torch._dynamo.config.recompile_limit of them, 8 by default, before running eagerly)."""
+
+    @torch.no_grad()  # not inference_mode: callers may edit the ids we return in place
+    def __init__(self, model, batch: int, vocab_size: int, cfg: SamplingConfig, eos_id: int | None = None,
+                 use_cache: bool = True, window: str = "auto", decode: str = "auto", sync_every: int = 16):
+        if decode not in DECODES:
+            raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {decode!r}")
+        model.eval()
+        device = model_device(model)
+        self.cfg, self.eos_id, self.sync_every = cfg, eos_id, sync_every
+        self.decoder = Decoder(model, batch, vocab_size, use_cache, window)
+        self.sampler = Sampler(cfg, batch, vocab_size, eos_id, device)
+        self.mode = self._build_step(decode, device)
+
+    def _one_step(self) -> torch.Tensor:
+        return self.sampler.choose(self.decoder.forward_one(self.sampler.tok))
+
+    def _build_step(self, decode: str, device: torch.device) -> str:
+        self._step = self._one_step
+        if decode == "auto":
+            decode = "graph" if device.type == "cuda" else "eager"
+        if decode == "eager" or not self.decoder.use_cache:
+            return "eager"
+        if device.type != "cuda":
+            raise UsageError(f"--decode {decode} needs a CUDA device; use --decode eager (or auto) on {device.type}")
+        self.decoder.track_host = False  # the recording must attend over every slot
+        fn = self._one_step
+        if decode == "compile":
+            fn = torch.compile(fn, dynamic=False)
+        try:
+            self._step = _record_cuda_graph(fn)
+        except Exception as e:  # a driver or compiler we cannot record on: stay correct, only slower
+            log.warning("CUDA graph recording failed (%s: %s); decoding eagerly", type(e).__name__, str(e).splitlines()[0][:200])
+            return "eager"
+        return decode
+
+    @torch.no_grad()
+    def __call__(self, prompt: torch.Tensor, on_token: Callable[[torch.Tensor], Sequence[bool] | None] | None = None,
+                 max_new_tokens: int | None = None) -> torch.Tensor:
+        """prompt (B, T0) -> (B, T0 + n) ids, n <= max_new_tokens (default cfg.max_new_tokens).
+
+        A row finishes at its EOS, or when on_token says so; finished rows are padded with EOS
+        (or 0 without one) and the result ends where the last row finished. on_token gets each
+        step's ids (B,) and may return B bools: True finishes that row (stop strings)."""
+        n_new = max_new_tokens or self.cfg.max_new_tokens
+        dec, smp = self.decoder, self.sampler
+        B, T0 = prompt.shape
+        out = torch.empty(B, T0 + n_new, dtype=torch.long, device=prompt.device)  # (B, T0 + N)
+        out[:, :T0] = prompt
+        smp.start(prompt)
+        out[:, T0] = smp.choose(dec.prefill(prompt))
+        can_finish = self.eos_id is not None or on_token is not None
+        n = T0 + 1  # tokens in `out` so far
+        while True:
+            if on_token is not None:
+                finished = on_token(out[:, n - 1])
+                if finished is not None and any(finished):
+                    smp.finish(finished)
+            if n == T0 + n_new:
+                break
+            if can_finish and (on_token is not None or (n - T0) % self.sync_every == 0) and bool(smp.done.all()):
+                break
+            out[:, n] = smp.choose(dec.refill(out[:, :n])) if dec.needs_refill(n) else self._step()
+            n += 1
+        return out[:, : T0 + int(smp.length.max())]
+
+
+def generate(model, prompt: torch.Tensor, cfg: SamplingConfig, vocab_size: int, eos_id: int | None = None,
+             on_token: Callable[[torch.Tensor], Sequence[bool] | None] | None = None, use_cache: bool = True,
+             window: str = "auto", decode: str = "auto") -> torch.Tensor:
+    """prompt (B, T0) ids -> (B, T0 + n) ids with n <= cfg.max_new_tokens; see Engine.__call__.
+    Row b is sampled with seed cfg.seed + b, so it equals what that seed gives for the prompt alone."""
+    return Engine(model, prompt.size(0), vocab_size, cfg, eos_id, use_cache, window, decode)(prompt, on_token)
+
+
+# ---------------------------------------------------------------- beam search
 
 @torch.no_grad()
 def beam_search(model, prompt: torch.Tensor, vocab_size: int, beam_width: int = 4, max_new_tokens: int = 100,
-                eos_id: int | None = None, length_penalty: float = 1.0, use_cache: bool = True) -> list[int]:
+                eos_id: int | None = None, length_penalty: float = 1.0, use_cache: bool = True,
+                window: str = "auto") -> list[int]:
     """Return the most likely continuation of prompt (1, T0) found with `beam_width` beams, as the
-    full id list (prompt included). Scores are summed log-probabilities divided by
-    (generated length ** length_penalty); a beam that emits EOS is finished and stops growing."""
+    full id list (prompt included). A beam's score is its summed log-probability divided by
+    (generated length ** length_penalty) (Wu et al. 2016 use a softer form of the same idea).
+
+    An EOS among the `beam_width` best candidates of a step finishes that beam (as in HF
+    transformers, EOS further down the list is ignored, which makes width 1 exactly greedy).
+    The search stops when `beam_width` beams have finished and the best of them scores at least
+    the best live beam, or after max_new_tokens."""
     if beam_width < 1:
         raise UsageError(f"--beams must be at least 1, got {beam_width}")
     if max_new_tokens < 1:
         raise UsageError(f"--tokens must be at least 1, got {max_new_tokens}")
     model.eval()
-    dec = Decoder(model, vocab_size, use_cache)
-    seq = prompt[:1]  # (1, T0): one live beam to start
-    scores = torch.zeros(1, device=prompt.device)  # (W,) summed log-probs of live beams
+    W, device = beam_width, prompt.device
+    dec = Decoder(model, W, vocab_size, use_cache, window)
+    seq = prompt[:1].expand(W, -1)  # (W, T0): every beam starts as the prompt...
+    scores = torch.full((W,), float("-inf"), device=device)
+    scores[0] = 0.0  # ...but only one is live, so step 1 does not pick W copies of one token
     logits = dec.prefill(seq)
     finished: list[tuple[float, list[int]]] = []  # (normalised score, ids)
     for step in range(1, max_new_tokens + 1):
-        logp = F.log_softmax(logits.float(), dim=-1)  # (W, V)
-        cand = (scores[:, None] + logp).view(-1)  # (W * V,)
-        top_scores, top_idx = cand.topk(min(2 * beam_width, cand.numel()))
-        parents, tokens = top_idx // vocab_size, top_idx % vocab_size
-        keep_parent, keep_tok, keep_score = [], [], []
-        for s, p, t in zip(top_scores.tolist(), parents.tolist(), tokens.tolist()):
-            if eos_id is not None and t == eos_id:
-                finished.append((s / step ** length_penalty, seq[p].tolist() + [t]))
-            else:
-                keep_parent.append(p), keep_tok.append(t), keep_score.append(s)
-            if len(keep_parent) == beam_width:
+        cand = (scores[:, None] + F.log_softmax(logits.float(), dim=-1)).view(-1)  # (W * V,)
+        top_scores, top_idx = cand.topk(min(2 * W, cand.numel()))
+        keep: list[tuple[int, int, float]] = []  # (parent, token, score)
+        for rank, (s, i) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
+            if s == float("-inf") or len(keep) == W:
                 break
-        best_live = max(keep_score) / step ** length_penalty if keep_score else float("-inf")
-        if not keep_parent or (len(finished) >= beam_width and max(f[0] for f in finished) >= best_live):
+            parent, tok = divmod(i, vocab_size)
+            if eos_id is not None and tok == eos_id:
+                if rank < W:
+                    finished.append((s / step ** length_penalty, seq[parent].tolist() + [tok]))
+                continue
+            keep.append((parent, tok, s))
+        if not keep:
             break
-        index = torch.tensor(keep_parent, device=prompt.device)
-        seq = torch.cat([seq[index], torch.tensor(keep_tok, device=prompt.device)[:, None]], dim=1)  # (W, T + 1)
-        scores = torch.tensor(keep_score, device=prompt.device)
+        best_live = keep[0][2] / step ** length_penalty
+        if len(finished) >= W and max(f[0] for f in finished) >= best_live:
+            return max(finished, key=lambda f: f[0])[1]
+        keep += [(keep[0][0], keep[0][1], float("-inf"))] * (W - len(keep))  # pad dead rows (tiny vocabularies)
+        index = torch.tensor([p for p, _, _ in keep], device=device)
+        seq = torch.cat([seq[index], torch.tensor([t for _, t, _ in keep], device=device)[:, None]], dim=1)  # (W, T + 1)
+        scores = torch.tensor([s for _, _, s in keep], device=device)
         if step == max_new_tokens:
             break
         dec.reorder(index)
         logits = dec.step(seq)
-    n = seq.size(1) - prompt.size(1)
-    finished += [(s / max(n, 1) ** length_penalty, seq[i].tolist()) for i, s in enumerate(scores.tolist())]
+    n = seq.size(1) - prompt.size(1)  # out of tokens (or live beams): unfinished beams compete too
+    if n > 0:
+        finished += [(s / n ** length_penalty, seq[i].tolist()) for i, s in enumerate(scores.tolist()) if s > float("-inf")]
     return max(finished, key=lambda f: f[0])[1]

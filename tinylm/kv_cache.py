@@ -1,27 +1,68 @@
-"""A preallocated key/value cache for incremental decoding.
+"""A preallocated key/value cache for incremental decoding, and the attention that reads it.
 
 The model writes the keys and values of each new token here instead of recomputing the whole
-prefix every step. This module only stores tensors and tracks how many positions are filled; the
-attention that reads it lives in model.py, and the policy for running out of room (slide the
-window and re-prefill) lives in generate.py.
+prefix every step. This module stores tensors and attends over them; it knows nothing about
+sampling, and the policy for running out of room (slide the window and re-prefill, or roll) lives
+in generate.py.
 
-Buffer shapes (L layers, B batch, nh heads, T_max positions, hs head size):
-    k, v: (L, B, nh, T_max, hs)
+Buffer shapes (L layers, B batch, nh heads, S slots, hs head size):
+    k, v: (L, B, nh, S, hs)     S is the model's context size unless asked otherwise
+
+Two ways to drive it:
+- Prefix mode (`GPT.forward(idx, cache=cache)`): the T new tokens fill slots pos..pos+T-1, where
+  `pos` is a Python int that `GPT.forward` advances; attention reads slots 0..pos+T-1.
+- Static mode (`set_positions(pos)` with a device tensor, as generate.py does): the new tokens go
+  to slots `pos % S` and attention always reads all S slots, masking those a query may not see.
+  Every shape is fixed and the position lives on the device, so one decoding step can be
+  recorded once as a CUDA graph and replayed for every token.
+  With `rolling=True` a token at position p overwrites slot p % S, so the cache always holds the
+  last S tokens (only sound with RoPE, whose scores depend on relative positions alone).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, rolling: bool = False):
         shape = (n_layer, batch, n_head, max_len, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, T_max, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, T_max, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, S, hs)
         self.max_len = max_len
-        self.pos = 0  # positions filled so far; the next token goes to index `pos`
+        self.rolling = rolling
+        self.pos = 0  # prefix mode: positions filled so far; the next token goes to slot `pos`
+        self.slot_ids = torch.arange(max_len, device=device)  # (S,)
+        self.slots: torch.Tensor | None = None  # static mode: (T,) slots of the next forward's tokens
+        self.mask: torch.Tensor | None = None  # static mode: (T, S) 0 where a query may attend, else -inf
+        # static mode, eager only: attend over slots 0..filled-1 alone (a host int; the rest are masked
+        # anyway). None = all S slots, as a recorded CUDA graph must (its shapes are fixed).
+        self.filled: int | None = None
+
+    # ---- static mode ---------------------------------------------------------------------------
+
+    def set_positions(self, pos: torch.Tensor) -> None:
+        """Static mode: the next forward's T tokens sit at positions pos (T,), a device tensor.
+
+        Query at position p sees the slots holding positions <= p. Without rolling that is slots
+        0..p; with rolling, once p >= S every slot holds one of the last S positions, so all of
+        them (the comparison below gives both). Prefilling several tokens at once must not wrap.
+        The mask is additive (0 or -inf), built once here rather than converted in every layer.
+        Example: S=4, pos=[1, 2] -> slots [1, 2], mask [[0, 0, -inf, -inf], [0, 0, 0, -inf]]."""
+        self.slots = pos % self.max_len if self.rolling else pos  # (T,)
+        visible = self.slot_ids[None, :] <= pos[:, None]  # (T, S)
+        self.mask = torch.zeros(visible.shape, dtype=self.k.dtype, device=pos.device).masked_fill(~visible, float("-inf"))
+
+    def _attend_static(self, layer: int, q, k, v) -> torch.Tensor:
+        kb, vb = self.k[layer], self.v[layer]  # (B, nh, S, hs) each, views into the buffers
+        kb.index_copy_(2, self.slots, k.to(kb.dtype))
+        vb.index_copy_(2, self.slots, v.to(vb.dtype))
+        n = self.filled or self.max_len
+        return F.scaled_dot_product_attention(q, kb[:, :, :n], vb[:, :, :n], attn_mask=self.mask[:, :n])  # (B, nh, T, hs)
+
+    # ---- prefix mode (GPT.forward) -------------------------------------------------------------
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, Tn, hs) at positions pos..pos+Tn-1 of `layer` and return all keys and
@@ -35,6 +76,23 @@ class KVCache:
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
+    def _attend_prefix(self, layer: int, q, k, v) -> torch.Tensor:
+        T, past = q.shape[2], self.pos
+        k, v = self.update(layer, k, v)  # (B, nh, past+T, hs) each
+        mask = None
+        if past > 0 and T > 1:  # query i (absolute past+i) may see keys 0..past+i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)  # (T, past+T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1)  # (B, nh, T, hs)
+
+    # ---- both ----------------------------------------------------------------------------------
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store this step's keys and values k, v (B, nh, T, hs) of `layer`, then attend with the
+        queries q (B, nh, T, hs) over everything the cache holds -> (B, nh, T, hs)."""
+        if self.slots is not None:
+            return self._attend_static(layer, q, k, v)
+        return self._attend_prefix(layer, q, k, v)
+
     def advance(self, n: int) -> None:
         self.pos += n
 
@@ -42,6 +100,7 @@ class KVCache:
         self.pos = 0
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows `index` (beam search: each surviving beam takes its parent's cache)."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        """Row b takes the contents of row index[b] (beam search: each surviving beam takes its
+        parent's cache). In place, so the buffers keep their addresses."""
+        self.k.copy_(self.k.index_select(1, index))
+        self.v.copy_(self.v.index_select(1, index))

@@ -117,13 +117,9 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, past+T, hs) each
-            if past > 0:
-                causal = False
-                if T > 1:  # query i (absolute past+i) may see keys 0..past+i
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # (T, past+T)
+        if cache is not None:  # decoding: the cache stores the new keys/values and attends over all it holds
+            y = cache.attend(layer, q, k, v)  # (B, nh, T, hs)
+            return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))  # (B, T, C)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and T > 1)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -238,9 +234,14 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
         x = self.drop(x)
-        use_compiled = self._compiled_blocks is not None and cache is None and torch.is_grad_enabled()
-        for i, block in enumerate(self._compiled_blocks if use_compiled else self.blocks):
-            x = block(x, rope, cache, i)
+        if self._compiled_blocks is not None and cache is None and torch.is_grad_enabled():
+            for block in self._compiled_blocks:
+                # subtle: no layer index here; an int argument would be a compile-time constant and
+                # recompile the block once per layer (past the recompile limit: silently eager)
+                x = block(x, rope)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, cache, i)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)  # (B, T, C)
@@ -255,10 +256,13 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                  rolling: bool = False) -> KVCache:
+        """An empty KV cache for `batch` rows of `max_len` positions (default: the context size);
+        rolling: overwrite the oldest slot when full (RoPE only, see kv_cache.py)."""
         p = self.wte.weight
         return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, max_len or self.cfg.context_size,
-                       self.cfg.head_size, device=p.device, dtype=dtype or p.dtype)
+                       self.cfg.head_size, device=p.device, dtype=dtype or p.dtype, rolling=rolling)
 
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         """state_dict without the tied head (safetensors stores no aliased tensors)."""
@@ -268,7 +272,11 @@ class GPT(nn.Module):
         return {k: v.detach().contiguous() for k, v in sd.items()}
 
     def load_saved_state(self, sd: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = self.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = self.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatch between the stored config and the tensors
+            raise UsageError(f"the model file's weights do not fit its config ({str(e).splitlines()[-1].strip()[:120]}); "
+                             "the file is damaged or from another program") from None
         allowed = {"lm_head.weight"} if self.cfg.tie_weights else set()
         if set(missing) - allowed or unexpected:
             raise UsageError(f"the model file's weights do not match its config (missing {sorted(set(missing) - allowed)[:3]}, "

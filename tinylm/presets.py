@@ -1,13 +1,17 @@
-"""Named size presets: model shape (and a few training defaults) in one place.
+"""Named presets (model shape plus training defaults) and how flags are layered over them.
 
-tiny/small/medium follow seed 001's table; classic is seed 000's TinyLM model and trainer;
-cpu is a small char model tuned for a 2-core machine. A preset only fills in values the user did
-not give as flags.
+tiny/small/medium follow seed 001's table; classic is seed 000's TinyLM model and trainer; cpu
+is a small char model tuned for a 2-core machine; speedrun is the fastest recipe we measured to
+val loss 1.47 on tiny Shakespeare on one GPU (bench/RESULTS.md). A preset only fills in values
+the user did not give as flags. Used by the entry points (cli.py, main.py), not by the library.
 """
 
 from __future__ import annotations
 
-# name -> {GPTConfig field or TrainConfig field: value}
+from .model import GPTConfig
+from .train import TrainConfig
+
+# name -> {GPTConfig or TrainConfig field: value}
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=512),
     "small": dict(n_embd=512, n_layer=8, n_head=8, context_size=256, d_ff=1024),
@@ -17,4 +21,38 @@ PRESETS: dict[str, dict] = {
                     schedule="plateau", epochs=10000, warmup_steps=0, min_lr=0.0),
     "cpu": dict(n_embd=128, n_layer=4, n_head=4, context_size=64, d_ff=512, dropout=0.0,
                 batch_size=32, lr=2e-3, min_lr=2e-4, warmup_steps=50, weight_decay=0.1, eval_interval=250),
+    "speedrun": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.2,
+                     batch_size=64, lr=2e-3, min_lr=2e-4, beta2=0.99, warmup_steps=50, weight_decay=0.1,
+                     time_budget=16.0, eval_interval=100),
 }
+
+# Above this many block parameters a step is limited by GPU arithmetic, not by how fast Python can
+# launch kernels, so torch.compile's fused kernels beat replaying eager kernels as a CUDA graph
+# (measured: 124M shape 28.0 vs 36.5 ms/step; 10M char shape 10.9 vs 7.8 ms/step, bench/RESULTS.md).
+COMPILE_ABOVE_PARAMS = 50_000_000
+
+
+def choose_speed(model_kw: dict, train_kw: dict, device_type: str) -> None:
+    """Fill in compile/cuda_graph where the user left them on auto."""
+    if train_kw.get("compile", "auto") != "auto":
+        return
+    if device_type != "cuda" or train_kw.get("cuda_graph"):
+        train_kw["compile"] = "off"
+        return
+    width, layers = model_kw.get("n_embd", GPTConfig.n_embd), model_kw.get("n_layer", GPTConfig.n_layer)
+    big = 12 * layers * width * width >= COMPILE_ABOVE_PARAMS
+    if big or train_kw.get("optimizer", "adamw") != "adamw":
+        train_kw["compile"] = "model"
+    else:
+        train_kw["compile"], train_kw["cuda_graph"] = "off", True
+
+
+def build_configs(name: str, model_over: dict, train_over: dict, device_type: str) -> tuple[dict, TrainConfig]:
+    """(GPTConfig keyword arguments, TrainConfig) for preset `name` with explicit overrides."""
+    preset = PRESETS[name]
+    model_kw = {k: v for k, v in preset.items() if k in GPTConfig.__dataclass_fields__} | model_over
+    train_kw = {k: v for k, v in preset.items() if k in TrainConfig.__dataclass_fields__} | train_over
+    choose_speed(model_kw, train_kw, device_type)
+    if not any(train_kw.get(k) for k in ("epochs", "max_steps", "time_budget")):
+        train_kw["epochs"] = 1
+    return model_kw, TrainConfig(**train_kw)

@@ -47,14 +47,10 @@ def last_path(out: Path) -> Path:
 
 def resolve_output(job: TrainJob, dataset: Path) -> Path:
     """The output path, checked so that nothing of the user's is overwritten by accident."""
-    if job.output is None:
-        out = Path("models") / f"{dataset.stem}.model"
-        out.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        out = Path(job.output)
+    out = Path("models") / f"{dataset.stem}.model" if job.output is None else Path(job.output)
     if out.is_dir():
         raise UsageError(f"output {out} is a directory; give a file path such as {out / 'model.model'}")
-    if not out.parent.is_dir():
+    if not out.parent.is_dir() and job.output is not None:
         raise UsageError(f"output folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another -o")
     same_as_init = job.init_model is not None and out.resolve() == Path(job.init_model).resolve()
     if out.exists() and not (job.force or same_as_init):
@@ -93,25 +89,30 @@ def log_trainer(t: TrainConfig) -> None:
 
 
 def run_training(job: TrainJob) -> TrainResult:
+    # Everything that can fail on bad input is checked before the first log line, so a mistake
+    # costs one clear error line and nothing else.
     dataset = Path(job.dataset) if job.dataset else default_corpus()
+    text = read_text(dataset)
     out = resolve_output(job, dataset)
     device = resolve_device(job.train.device)
-    banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", device.type)])
-    log.info("Loading dataset...")
-    text = read_text(dataset)
-    nbytes = len(text.encode("utf-8"))
-    log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
     seed_everything(job.train.seed)
     if job.init_model is not None:
         loaded = load_model(job.init_model)
         model, tokenizer = loaded.model, loaded.tokenizer
-        log.info("Continuing training from %s (%d steps so far)", job.init_model, loaded.meta.get("steps", 0))
     else:
         tokenizer = build_tokenizer(job, text)
         model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **job.model))
     ids = tokenizer.encode(text)
     T = model.cfg.context_size
     split = split_tokens(ids, job.train.val_fraction, T, source=f"dataset {dataset}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
+    banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", device.type)])
+    log.info("Loading dataset...")
+    nbytes = len(text.encode("utf-8"))
+    log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
+    if job.init_model is not None:
+        log.info("Continuing training from %s (%d steps so far)", job.init_model, loaded.meta.get("steps", 0))
     summary("Dataset", [("vocabulary size", tokenizer.vocab_size), ("chunks", (len(split.train) - 1) // T),
                         ("chunk size", T), ("training tokens", len(split.train)), ("validation tokens", len(split.val))])
     log_model(model)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import save_model
+from .checkpoint import BackgroundSaver
 from .corpus import cache_dir
 from .data import ChunkBatches, TokenSplit, eval_windows
 from .device import autocast_dtype, configure, resolve_device
@@ -32,6 +32,7 @@ from .tokenizers import Tokenizer
 
 SCHEDULES = ("cosine", "plateau", "constant")
 OPTIMIZERS = ("adamw", "muon")
+COMPILE_MODES = ("off", "model", "blocks")
 
 
 @dataclass
@@ -56,7 +57,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    compile: bool = False  # torch.compile the model (falls back to eager if it fails)
+    compile: str = "off"  # off | model (torch.compile the whole training forward) | blocks (each block alone)
+    cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see graph_step.py)
     log_interval: int = 10  # steps between log lines when not on a terminal
 
     def __post_init__(self):
@@ -71,6 +73,9 @@ class TrainConfig:
             (0 <= self.min_lr <= self.lr, f"--min-lr must be in [0, --lr], got {self.min_lr}"),
             (self.warmup_steps >= 0, f"--warmup must be >= 0, got {self.warmup_steps}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
+            (not (self.cuda_graph and self.optimizer != "adamw"), "--cuda-graph works with --optimizer adamw only"),
+            (not (self.cuda_graph and self.compile != "off"), "--cuda-graph and --compile are alternatives; choose one"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"--beta1/--beta2 must be in [0, 1), got {self.beta1}, {self.beta2}"),
@@ -129,23 +134,25 @@ class Optimizers:
             o.load_state_dict(st)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
-    """AdamW with weight decay on matrices (embeddings, linear weights) only: decaying biases and
-    LayerNorm gains only pulls them toward zero for no benefit. With cfg.optimizer == "muon", the
-    blocks' weight matrices go to Muon (Jordan et al. 2024: orthogonalised momentum), with its
-    learning rate matched to AdamW's update size so one --lr serves both."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    hidden = {id(p) for b in model.blocks for p in b.parameters() if p.dim() == 2} if cfg.optimizer == "muon" else set()
-    rest = [p for p in params if id(p) not in hidden]
-    groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+def param_groups(model: GPT, cfg: TrainConfig, exclude: set[int] = frozenset()) -> list[dict]:
+    """AdamW groups: weight decay on matrices (embeddings, linear weights) only; decaying biases
+    and LayerNorm gains only pulls them toward zero for no benefit."""
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    opts: list[torch.optim.Optimizer] = [
-        torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")]
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    """AdamW over `param_groups`. With cfg.optimizer == "muon", the blocks' weight matrices go to
+    Muon instead (Jordan et al. 2024: orthogonalised momentum), its learning rate matched to
+    AdamW's update size so one --lr serves both."""
+    hidden = [p for b in model.blocks for p in b.parameters() if p.dim() == 2] if cfg.optimizer == "muon" else []
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
+        param_groups(model, cfg, {id(p) for p in hidden}), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")]
     if hidden:
-        muon_params = [p for p in params if id(p) in hidden]
-        opts.append(torch.optim.Muon(muon_params, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+        opts.append(torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     return Optimizers(opts)
 
 
@@ -242,12 +249,27 @@ class Trainer:
         configure(self.device)
         self.dtype = autocast_dtype(self.device, cfg.dtype)
         self.model = model.to(self.device)
-        self.opt = make_optimizer(self.model, cfg, self.device)
-        if cfg.compile:
+        T = model.cfg.context_size
+        self.graphed = None
+        if cfg.cuda_graph:
+            if self.device.type != "cuda":
+                raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
+            from .graph_step import GraphedStep  # noqa: PLC0415
+
+            self.graphed = GraphedStep(self.model, param_groups(self.model, cfg), cfg, self.dtype, (cfg.batch_size, T))
+            self.opt = self.graphed.opt
+        else:
+            self.opt = make_optimizer(self.model, cfg, self.device)
+        # The training forward: evaluation always runs the eager self.model, so switching between
+        # train and eval never recompiles.
+        self.fwd = self.model
+        if cfg.compile != "off":
             # keep compiled kernels between runs, so only the first run pays the full compile time
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
-            self.model.compile_blocks()
-        T = model.cfg.context_size
+            if cfg.compile == "blocks":
+                self.model.compile_blocks()
+            else:
+                self.fwd = torch.compile(self.model, dynamic=False)
         # the token stream lives on the device, so batches are gathered there with no copies
         self.batches = ChunkBatches(split.train.to(self.device), T, cfg.batch_size, cfg.seed)
         self.steps_per_epoch = max(1, self.batches.batches_per_epoch // cfg.grad_accum)
@@ -255,6 +277,7 @@ class Trainer:
         self.warmup_progress = 0.0
         self.result = TrainResult()
         self.saved_out = False
+        self.saver = BackgroundSaver()
 
     def lr_for(self, step: int, progress: float) -> float:
         cfg = self.cfg
@@ -299,9 +322,13 @@ class Trainer:
         for i in range(self.steps_per_epoch):
             frac = _progress(cfg, res.steps, epoch + i / self.steps_per_epoch, time.time() - self.t0)
             lr = self.lr_for(res.steps, frac)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            loss = train_step(self.model, self.opt, [next(batches) for _ in range(cfg.grad_accum)], cfg, self.device, self.dtype)
+            micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+            if self.graphed is not None:
+                loss = self.graphed(micro_batches, lr)
+            else:
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype)
             loss_sum += loss
             n += 1
             res.steps += 1
@@ -344,7 +371,7 @@ class Trainer:
         meta = {**self.meta, "steps": res.steps, "epochs": round(res.epochs_done, 4), "tokens_seen": res.tokens,
                 "val_loss": None if math.isnan(res.last_val) else res.last_val, "train_config": asdict(self.cfg),
                 "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        save_model(path, self.model, self.tokenizer, meta)
+        self.saver.submit(path, self.model, self.tokenizer, meta)
         if path == self.out:
             self.saved_out = True
 
@@ -353,3 +380,4 @@ class Trainer:
             self._save(self.last)
         if self.out is not None and not self.saved_out:  # no validation ran: the output is the latest weights
             self._save(self.out)
+        self.saver.wait()

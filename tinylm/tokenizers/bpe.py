@@ -15,7 +15,11 @@ Encoding (the algorithm GPT-2 and tiktoken use): split the text with the pattern
 chunk, start from its bytes and keep merging the adjacent pair whose concatenation has the
 lowest id, until no adjacent pair is a token. `encode_reference` does this in plain Python (with
 a per-chunk cache); `encode` hands the same table to tiktoken's Rust core when tiktoken is
-installed, and both give the same ids on any input (tests/test_bpe.py checks this).
+installed, and both give the same ids on any input (tests/test_bpe_tiktoken.py checks this).
+One caveat: the two regex engines carry their own Unicode tables (tiktoken 0.14's Rust regex:
+Unicode 16; `regex` 2026: Unicode 17), so a character assigned only by the newer version may be
+a letter to one and not the other, and the chunks, hence ids, can differ. Round trips are exact
+either way.
 
 Special tokens in user text are plain text by default: encode("<EOS>") gives the ids of the
 bytes "<", "EOS", ">". With allow_special=True the string "<EOS>" becomes id 3. Decoding
@@ -36,7 +40,7 @@ from ..errors import UsageError
 from .base import BOS, DEFAULT_SPECIALS, EOS, PAD, UNK, Tokenizer
 from .bpe_train import ProgressBar, count_words, learn_merges
 from .patterns import resolve_pattern
-from .ranks import (CL100K_SPECIALS, GPT2_EOT, b64, escape_bytes, gpt2_ranks, load_tiktoken_file, ranks_to_tokens,
+from .ranks import (CL100K_SPECIALS, ENDOFTEXT, b64, escape_bytes, gpt2_ranks, load_tiktoken_file, ranks_to_tokens,
                     unb64, unescape_bytes)
 
 __all__ = ["BPETokenizer", "train_bpe", "load_gpt2", "CL100K_SPECIALS", "DEFAULT_SPECIALS"]
@@ -63,8 +67,8 @@ class BPETokenizer(Tokenizer):
         if len(self.ranks) != len(self.tokens):
             raise ValueError("duplicate token bytes in the vocabulary")
         clash = [s for s, i in self.specials.items() if first_id <= i < first_id + len(self.tokens) or i < 0]
-        if clash:
-            raise ValueError(f"special token ids collide with token ids: {clash}")
+        if clash or len(set(self.specials.values())) != len(self.specials):
+            raise ValueError(f"special token ids collide with token ids or each other: {self.specials}")
         self._vocab_size = max([first_id + len(self.tokens), *(i + 1 for i in self.specials.values())])
         self.eos = eos if eos is not None else (EOS if EOS in self.specials else None)
         self._pat = regex.compile(self.pattern)
@@ -83,7 +87,7 @@ class BPETokenizer(Tokenizer):
         {name: id} (e.g. CL100K_SPECIALS) or names to append after the last rank (e.g. DEFAULT_SPECIALS)."""
         tokens = ranks_to_tokens(load_tiktoken_file(path), str(path))
         placed = _place_specials(specials, len(tokens))
-        return cls(tokens, pattern, placed, first_id=0, eos=GPT2_EOT if GPT2_EOT in placed else None)
+        return cls(tokens, pattern, placed, first_id=0, eos=ENDOFTEXT if ENDOFTEXT in placed else None)
 
     @classmethod
     def gpt2(cls, rank_file: str | os.PathLike | None = None, allow_download: bool = True) -> "BPETokenizer":
@@ -91,7 +95,7 @@ class BPETokenizer(Tokenizer):
         See `ranks.gpt2_ranks` for where the table comes from; the result is self-contained."""
         ranks, source = gpt2_ranks(rank_file, allow_download)
         tokens = ranks_to_tokens(ranks, source)
-        return cls(tokens, "gpt2", {GPT2_EOT: len(tokens)}, first_id=0, eos=GPT2_EOT, kind="gpt2")
+        return cls(tokens, "gpt2", {ENDOFTEXT: len(tokens)}, first_id=0, eos=ENDOFTEXT, kind="gpt2")
 
     # ---- the Tokenizer interface --------------------------------------------------------------
 

@@ -78,8 +78,9 @@ def learn_merges(words: dict[bytes, int], n_merges: int, progress: ProgressFn | 
             new_tokens.append((vocab[pair[0]], vocab[pair[1]]))
             if progress is not None:
                 progress(len(new_tokens), n_merges)
-        # subtle: if `merged` is already a token (made as (ab, c), now offered as (a, bc)), the
-        # words are still rewritten to use it, but the vocabulary does not grow.
+        # subtle: should `merged` already be a token (made as (ab, c), now offered as (a, bc);
+        # rare, as left-to-right merging keeps segmentations consistent), the words are still
+        # rewritten to use it, but the vocabulary does not grow.
         grown = _apply_merge(pair, z, seqs, freqs, counts, where)
         for p in grown:
             heapq.heappush(heap, _entry(counts[p], p, vocab))
@@ -87,9 +88,11 @@ def learn_merges(words: dict[bytes, int], n_merges: int, progress: ProgressFn | 
 
 
 def _count_pairs(seqs: list[list[int]], freqs: list[int]) -> tuple[dict, dict]:
-    """Weighted pair counts and the pair -> words index.
+    """Weighted pair counts and the pair -> words index, both defaultdicts so that merges can
+    add to them directly (subtle: so read a count that may be absent with .get, not [ ]).
 
-    >>> _count_pairs([[1, 2, 1, 2]], [5])
+    >>> counts, where = _count_pairs([[1, 2, 1, 2]], [5])
+    >>> dict(counts), dict(where)
     ({(1, 2): 10, (2, 1): 5}, {(1, 2): {0}, (2, 1): {0}})
     """
     counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> weighted count
@@ -99,7 +102,7 @@ def _count_pairs(seqs: list[list[int]], freqs: list[int]) -> tuple[dict, dict]:
         for pair in zip(seq, seq[1:]):
             counts[pair] += f
             where[pair].add(w)
-    return dict(counts), dict(where)
+    return counts, where
 
 
 def _entry(count: int, pair: tuple[int, int], vocab: list[bytes]) -> tuple:
@@ -111,7 +114,7 @@ def _pop_best(heap: list, counts: dict) -> tuple[int, int] | None:
     """Pop entries until one holds its pair's true count (lazy deletion); None if none left."""
     while heap:
         neg, left, right, pair = heapq.heappop(heap)
-        true = counts.get(pair, 0)
+        true = counts.get(pair, 0)  # .get: don't plant a 0 in the defaultdict
         if true == -neg:
             return pair
         if true > 0:  # stale but alive: put it back where it belongs now
@@ -132,51 +135,51 @@ def _apply_merge(pair, z, seqs, freqs, counts, where) -> set[tuple[int, int]]:
     grown: set[tuple[int, int]] = set()
     for w in where.pop(pair, ()):
         seq = seqs[w]
-        n = len(seq)
-        i = _find(seq, a, b, 0, n)
-        if i < 0:
+        found = _occurrences(seq, a, b)
+        if not found:
             continue  # subtle: the index is never pruned, so it may name words that lost the pair
         f = freqs[w]
-        out: list[int] = []
-        start = 0
-        while i >= 0:
-            out += seq[start:i]
-            if out:  # left neighbour; may be a z placed by the previous occurrence
-                x = out[-1]
+        for k, i in enumerate(found):
+            i -= k  # each earlier merge in this word shortened it by one
+            seq[i] = z
+            del seq[i + 1]  # in place: words are short, so the shift is cheap
+            if i > 0:  # left neighbour; may be a z placed by the previous occurrence
+                x = seq[i - 1]
                 counts[x, a] -= f
-                counts[x, z] = counts.get((x, z), 0) + f
-                where.setdefault((x, z), set()).add(w)
-                grown.add((x, z))
-            if i + 2 < n:  # right neighbour, still unmerged
-                y = seq[i + 2]
+                p = (x, z)
+                counts[p] += f
+                where[p].add(w)
+                grown.add(p)
+            if i + 1 < len(seq):  # right neighbour, still unmerged
+                y = seq[i + 1]
                 counts[b, y] -= f
-                counts[z, y] = counts.get((z, y), 0) + f
-                where.setdefault((z, y), set()).add(w)
-                grown.add((z, y))
-            out.append(z)
-            start = i + 2
-            i = _find(seq, a, b, start, n)
-        out += seq[start:]
-        seqs[w] = out
+                p = (z, y)
+                counts[p] += f
+                where[p].add(w)
+                grown.add(p)
     counts.pop(pair, None)
     grown.discard(pair)
-    return {p for p in grown if counts.get(p, 0) > 0}
+    return {p for p in grown if counts[p] > 0}
 
 
-def _find(seq: list[int], a: int, b: int, start: int, n: int) -> int:
-    """Index of the first `a` followed by `b` at or after `start`, or -1.
+def _occurrences(seq: list[int], a: int, b: int) -> list[int]:
+    """Start of each non-overlapping (a, b) in `seq`, left to right.
 
-    >>> _find([5, 1, 1, 2], 1, 2, 0, 4)
-    2
+    >>> _occurrences([5, 1, 2, 1, 1, 2], 1, 2), _occurrences([3, 3, 3], 3, 3)
+    ([1, 4], [0])
     """
-    while True:
-        try:
-            i = seq.index(a, start, n - 1)  # list.index scans in C, far faster than a loop
-        except ValueError:
-            return -1
-        if seq[i + 1] == b:
-            return i
-        start = i + 1
+    left = seq.count(a)  # how many a's remain to look at; list.count and .index scan in C
+    n = len(seq)
+    found: list[int] = []
+    i = -1
+    while left:
+        i = seq.index(a, i + 1)
+        left -= 1
+        if i + 1 < n and seq[i + 1] == b:
+            found.append(i)
+            i += 1  # skip b so pairs never overlap
+            left -= a == b  # that b was one of the a's
+    return found
 
 
 class ProgressBar:

@@ -27,7 +27,7 @@ from ..errors import UsageError
 GPT2_RANKS_ENV = "TINYLM_GPT2_RANKS"  # path of a local GPT-2 rank file (r50k_base.tiktoken)
 GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 GPT2_N_RANKS = 50256  # GPT-2 has 50257 ids: these ranks plus <|endoftext|>
-GPT2_EOT = "<|endoftext|>"
+ENDOFTEXT = "<|endoftext|>"
 CL100K_SPECIALS = {  # cl100k_base's special tokens (rank 100256 is unused)
     "<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
     "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276,

@@ -1,0 +1,131 @@
+"""Where a training step's time goes at a given shape (default: nanoGPT shakespeare_char).
+
+    PYTHONPATH=. python bench/profile_train.py [--variants eager,regional,full] [--profile regional]
+
+Prints ms/step (median of CUDA-event-timed steps after warm-up) for each variant, using the same
+step as tinylm's trainer (train.train_step: bf16 autocast, clipping, fused AdamW), then the top
+CUDA kernels of one variant from torch.profiler. Also prints how long the start-up pieces take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import time
+
+T_START = time.time()
+import torch  # noqa: E402
+
+T_TORCH = time.time()
+
+
+def build(args, variant):
+    from tinylm.model import GPT, GPTConfig
+    from tinylm.train import TrainConfig, make_optimizer
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=args.vocab, context_size=args.context, n_layer=args.layers, n_head=args.heads,
+                    n_embd=args.embd, d_ff=args.ff, dropout=args.dropout, positions=args.positions,
+                    activation=args.activation, qk_norm=args.qk_norm)
+    model = GPT(cfg).cuda()
+    tc = TrainConfig(max_steps=1, optimizer=args.optimizer, lr=1e-3)
+    opt = make_optimizer(model, tc, torch.device("cuda"))
+    fwd = model
+    if variant == "regional":
+        model.compile_blocks()
+    elif variant == "full":
+        fwd = torch.compile(model, dynamic=False)
+    elif variant == "full-ro":
+        fwd = torch.compile(model, dynamic=False, mode="reduce-overhead")
+    elif variant == "graph":
+        from tinylm.graph_step import GraphedStep
+        from tinylm.train import param_groups
+
+        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (args.batch, args.context))
+        return model, g, g.opt, tc
+    return model, fwd, opt, tc
+
+
+def run(args, variant, profile=False):
+    from tinylm.train import train_step as eager_step
+
+    model, fwd, opt, tc = build(args, variant)
+
+    def train_step(fwd, opt, mb, tc, dev, dtype):
+        if variant == "graph":
+            return fwd(mb, 1e-3)
+        if variant == "full-ro":
+            torch.compiler.cudagraph_mark_step_begin()
+        return eager_step(fwd, opt, mb, tc, dev, dtype)
+
+    data = torch.randint(0, args.vocab, (args.batch, args.context + 1), device="cuda")
+    mb = [(data[:, :-1], data[:, 1:])]
+    dev = torch.device("cuda")
+    t0 = time.time()
+    train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+    torch.cuda.synchronize()
+    first = time.time() - t0
+    for _ in range(10):
+        train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    med = statistics.median(times)
+    tok = args.batch * args.context
+    print(f"{variant:10} {med:7.2f} ms/step  {tok / med * 1e3 / 1e6:6.2f} M tok/s  first step {first:5.1f} s  "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof
+
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            for _ in range(5):
+                train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+            torch.cuda.synchronize()
+        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--variants", default="eager,regional,full")
+    p.add_argument("--profile", default="", help="variant to profile")
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--embd", type=int, default=384)
+    p.add_argument("--ff", type=int, default=1536)
+    p.add_argument("--context", type=int, default=256)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--vocab", type=int, default=69)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--positions", default="learned")
+    p.add_argument("--activation", default="gelu")
+    p.add_argument("--qk-norm", action="store_true")
+    p.add_argument("--optimizer", default="adamw")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--rows", type=int, default=25)
+    args = p.parse_args()
+    t = time.time()
+    torch.zeros(1, device="cuda")
+    t_cuda = time.time() - t
+    t = time.time()
+    importlib.import_module("torch._dynamo")
+    importlib.import_module("torch._inductor")
+    t_dyn = time.time() - t
+    t = time.time()
+    importlib.import_module("tinylm")
+    t_tl = time.time() - t
+    print(f"startup: import torch {T_TORCH - T_START:.2f} s, CUDA init {t_cuda:.2f} s, import dynamo/inductor {t_dyn:.2f} s, "
+          f"import tinylm {t_tl:.2f} s", flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    for v in args.variants.split(","):
+        run(args, v, profile=(v == args.profile))
+
+
+if __name__ == "__main__":
+    main()
