@@ -2,7 +2,9 @@
 """The classic TinyLM interface (seed 000), a thin wrapper over the tinylm library.
 
     python main.py -t -d book.txt -o models/book.model      train (Ctrl-C saves and exits)
-    python main.py -t -m models/book.model -o models/book.model -d book.txt   continue training
+    python main.py -t -m models/book.model -o models/book.model -d book.txt   continue training:
+        exactly where it stopped when models/book.model.ckpt/ has a checkpoint that fits, else
+        from the model's weights (the log says which)
     python main.py -i -m models/book.model -p "Prompt"       generate
 
 Training uses seed 000's model and trainer (the `classic` preset): embedding 192, context 512,
@@ -50,7 +52,7 @@ def train(args, device: str) -> int:
 
     model_kw, train_cfg = build_configs("classic", {}, {"device": device}, resolve_device(device).type)
     job = TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
-                   model=model_kw, init_model=Path(args.model) if args.model else None)
+                   model=model_kw, init_model=Path(args.model) if args.model else None, resume_or_continue=True)
     run_training(job)
     return 0
 

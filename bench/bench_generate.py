@@ -58,7 +58,8 @@ def to_hf_gpt2(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel  # noqa: PLC0415 - a bench extra
 
     c = model.cfg
-    if (c.positions, c.activation, c.bias, c.tie_weights, c.qk_norm, c.logit_softcap) != ("learned", "gelu", True, True, False, 0.0):
+    shape = (c.positions, c.activation, c.bias, c.tie_weights, c.qk_norm, c.logit_softcap)
+    if shape != ("learned", "gelu", True, True, False, 0.0):
         raise ValueError("only GPT-2-shaped models convert: learned positions, gelu, biases, tied head, no qk-norm/softcap")
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.context_size, n_embd=c.n_embd, n_layer=c.n_layer,
                                     n_head=c.n_head, n_inner=c.ff_size, activation_function="gelu_new",
@@ -71,7 +72,8 @@ def to_hf_gpt2(model: GPT):
         ours, theirs = f"blocks.{i}.", f"transformer.h.{i}."
         for a, b in (("ln1", "ln_1"), ("ln2", "ln_2")):
             out[f"{theirs}{b}.weight"], out[f"{theirs}{b}.bias"] = sd[f"{ours}{a}.weight"], sd[f"{ours}{a}.bias"]
-        for a, b in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+        linears = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj"))
+        for a, b in linears:
             out[f"{theirs}{b}.weight"] = sd[f"{ours}{a}.weight"].t().contiguous()  # Linear (out, in) -> Conv1D (in, out)
             out[f"{theirs}{b}.bias"] = sd[f"{ours}{a}.bias"]
     missing, unexpected = hf.load_state_dict(out, strict=False)
@@ -127,7 +129,8 @@ def ours(model, prompt, lengths: list[int], decode: str, args, device) -> list[d
     """One engine (one recording / compilation) for all lengths."""
     sync(device)
     t0 = time.perf_counter()
-    engine = Engine(model, prompt.size(0), model.cfg.vocab_size, sampling(args, max(lengths)), eos_id=None, decode=decode)
+    engine = Engine(model, prompt.size(0), model.cfg.vocab_size, sampling(args, max(lengths)), eos_id=None, decode=decode,
+                    compile_mode=args.compile_mode)
     sync(device)
     setup = time.perf_counter() - t0
     first = lambda: engine(prompt, max_new_tokens=1)  # noqa: E731
@@ -179,7 +182,8 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> li
     for batch in args.batches:
         prompt = torch.randint(0, fields["vocab_size"], (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
         prompt = prompt.expand(batch, -1).contiguous().to(device)
-        runners = [r for decode in args.decodes for r in ours(model, prompt, sorted({n_new, n_hf}, reverse=True), decode, args, device)]
+        lengths = sorted({n_new, n_hf}, reverse=True)
+        runners = [r for decode in args.decodes for r in ours(model, prompt, lengths, decode, args, device)]
         ref = theirs(hf, prompt, n_hf, args) if hf is not None else None
         measure(runners + ([ref] if ref else []), device, args.repeats)
         for r in runners + ([ref] if ref else []):
@@ -198,9 +202,12 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> li
 
 
 def machine(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()) \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), cpu)
+    where = f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name()
     try:
         import transformers  # noqa: PLC0415
 
@@ -211,22 +218,27 @@ def machine(device: torch.device) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| shape | batch | engine | new tokens | tok/s (batch) | tok/s per seq | ms/step | TTFT ms | setup s | vs HF | greedy vs HF |"
+    head = ("| shape | batch | engine | new tokens | tok/s (batch) | tok/s per seq | ms/step | TTFT ms | setup s | vs HF "
+            "| greedy vs HF |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         vs = f"{r['vs_hf']:.1f}x" if r["vs_hf"] else ""
-        lines.append(f"| {r['shape']} | {r['batch']} | {r['engine']} | {r['new_tokens']} | {r['tok_s']:.0f} | {r['tok_s_per_seq']:.0f} | "
-                     f"{r['ms_per_step']:.2f} | {r['ttft_ms']:.1f} | {r['setup_s']:.2f} | {vs} | {r['greedy_vs_hf']} |")
+        lines.append(f"| {r['shape']} | {r['batch']} | {r['engine']} | {r['new_tokens']} | {r['tok_s']:.0f} | "
+                     f"{r['tok_s_per_seq']:.0f} | {r['ms_per_step']:.2f} | {r['ttft_ms']:.1f} | {r['setup_s']:.2f} | {vs} | "
+                     f"{r['greedy_vs_hf']} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run (default: cuda if available)")
     p.add_argument("--shapes", default=None, help="comma list of char, gpt2 (default: char on CPU, char,gpt2 on CUDA)")
     p.add_argument("--batches", default="1,16", help="comma list of batch sizes (default 1,16)")
     p.add_argument("--decodes", default=None, help="comma list of tinylm engines: eager, graph, compile "
                    "(default: eager on CPU, graph,compile on CUDA)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for --decodes compile, e.g. "
+                   "max-autotune-no-cudagraphs (default: inductor's default)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--tokens", type=int, default=0, help="new tokens (0 = the shape's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, interleaved; the best is reported")
@@ -238,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     shapes = (args.shapes or ("char,gpt2" if device.type == "cuda" else "char")).split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.decodes = (args.decodes or ("graph,compile" if device.type == "cuda" else "eager")).split(",")

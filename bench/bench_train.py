@@ -71,7 +71,9 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     from tinylm.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=V, context_size=T, n_layer=12, n_head=12, n_embd=768, vocab_multiple=64)
+    variant, _, opt_flag = variant.partition("-")  # e.g. full-nobias: nanoGPT's bench.py shape (no biases)
+    cfg = GPTConfig(vocab_size=V, context_size=T, n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
+                    bias=opt_flag != "nobias")
     model = GPT(cfg).cuda()
     n_params = model.num_params() - model.wpe.weight.numel()
     fwd = model
@@ -99,7 +101,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     torch.cuda.synchronize()
     first = time.time() - t0
     times = time_steps(step, warmup, iters)
-    return _row(f"tinylm-{variant}", times, B * T, flops_per_token(n_params, 12, 12, 64, T), first)
+    return _row(f"tinylm-{variant}{'-' + opt_flag if opt_flag else ''}", times, B * T, flops_per_token(n_params, 12, 12, 64, T), first)
 
 
 def bench_hf(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:

@@ -202,8 +202,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_graph_decoding_gives_the_eager_tokens(decode, positions):
     model = make_model(seed=12, positions=positions).cuda()
     prompt = tokens(3, 4, seed=8).cuda()
-    for cfg in (SamplingConfig(max_new_tokens=60, temperature=0),
-                SamplingConfig(max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=1)):
+    cfgs = [SamplingConfig(max_new_tokens=60, temperature=0)]
+    if decode == "graph":  # the graph replays the eager kernels: bit-identical even when sampling.
+        # Compiled kernels round differently, so a sampled near-tie may flip: greedy only there.
+        cfgs.append(SamplingConfig(max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=1))
+    for cfg in cfgs:
         eager = Engine(model, 3, V, cfg, eos_id=5, decode="eager")
         recorded = Engine(model, 3, V, cfg, eos_id=5, decode=decode)
         assert recorded.mode == decode

@@ -4,8 +4,10 @@ Format: a safetensors file whose string metadata holds
     "format": "tinylm-model-1", "model_config": JSON, "tokenizer": JSON, "meta": JSON.
 safetensors stores raw tensors and a JSON header, so loading never runs code (unlike pickle).
 Files are written atomically (temp file in the same folder, fsync, rename) so an interrupted
-save leaves the previous file intact. This module does not know how training works; the
-resumable training state (optimizer etc.) is not part of the model file.
+save leaves the previous file intact. Loading reads only the safetensors header and raw tensor
+bytes, so a file crafted to run code (a pickle) is refused as "not a usable tinylm model file".
+This module does not know how training works; the resumable training state (optimizer, RNGs,
+position in the data) is not part of the model file but of a checkpoint (trainstate.py).
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ class BackgroundSaver:
                 del self._pending[path]
             try:
                 atomic_write_bytes(path, model_file_bytes(*job))
+            except OSError as e:  # a full disk, a folder made read-only: the user's to fix
+                self._error = self._error or UsageError(
+                    f"could not write the model file {path} ({e.strerror or e}); the previous file there is intact; "
+                    "free some disk space (or fix the folder's permissions), then resume with --resume")
             except BaseException as e:  # noqa: BLE001 - handed to the training thread in wait()
                 self._error = self._error or e
 

@@ -30,7 +30,9 @@ TRAIN_FLAGS = {"epochs": "epochs", "steps": "max_steps", "time": "time_budget", 
                "schedule": "schedule", "patience": "patience", "optimizer": "optimizer", "beta1": "beta1", "beta2": "beta2",
                "weight_decay": "weight_decay", "grad_clip": "grad_clip", "eval_interval": "eval_interval",
                "val_fraction": "val_fraction", "seed": "seed", "device": "device", "dtype": "dtype",
-               "compile": "compile", "cuda_graph": "cuda_graph", "log_interval": "log_interval"}
+               "compile": "compile", "cuda_graph": "cuda_graph", "log_interval": "log_interval",
+               "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes",
+               "keep_checkpoints": "keep_checkpoints"}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -83,6 +85,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="replay the whole training step as one CUDA graph (CUDA, AdamW; instead of --compile)")
     g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
+    g = p.add_argument_group("checkpoints and resuming (checkpoints go to <output>.ckpt/)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = off, the default)")
+    g.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (0 = off; default 10)")
+    g.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept, besides best.ckpt (default 3)")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="CKPT",
+                   help="continue exactly where the run writing -o stopped (its newest checkpoint), or from the "
+                        "checkpoint file or folder CKPT; give the same data and flags as that run")
+    g.add_argument("--ignore-mismatch", action="store_true",
+                   help="with --resume: resume even if the data or flags differ from the checkpoint's (the new ones apply)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -160,7 +171,8 @@ def job_from_args(args: argparse.Namespace):
         raise UsageError("model-shape flags (--layers, --embd, ...) cannot change a model given with -m; drop them, or drop -m to train a new model")
     return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
                     model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
-                    tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+                    tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume,
+                    ignore_mismatch=args.ignore_mismatch)
 
 
 def cmd_train(args) -> int:

@@ -322,7 +322,7 @@ class Sampler:
             logits = repetition_filter(logits, self.seen, self.cfg.repetition_penalty)
         nxt = sample_next(logits, self.cfg, self.keys, self.step)
         nxt = torch.where(self.done, self.fill, nxt)  # (B,)
-        self.length += (~self.done).long()
+        self.length += ~self.done
         if self.eos_id is not None:
             self.done |= nxt == self.eos_id
         if self.seen is not None:
@@ -364,11 +364,13 @@ class Engine:
     decode: auto (graph on CUDA, eager elsewhere) | eager | graph (CUDA graph of the eager step) |
     compile (torch.compile the step, then record it as a CUDA graph; slower to start; each
     compiled engine adds an entry to dynamo's cache for `_one_step`, which holds
-    torch._dynamo.config.recompile_limit of them, 8 by default, before running eagerly)."""
+    torch._dynamo.config.recompile_limit of them, 8 by default, before running eagerly).
+    compile_mode: torch.compile's mode, e.g. "max-autotune-no-cudagraphs" (the graph is ours)."""
 
     @torch.no_grad()  # not inference_mode: callers may edit the ids we return in place
     def __init__(self, model, batch: int, vocab_size: int, cfg: SamplingConfig, eos_id: int | None = None,
-                 use_cache: bool = True, window: str = "auto", decode: str = "auto", sync_every: int = 16):
+                 use_cache: bool = True, window: str = "auto", decode: str = "auto", sync_every: int = 16,
+                 compile_mode: str | None = None):
         if decode not in DECODES:
             raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {decode!r}")
         model.eval()
@@ -376,12 +378,12 @@ class Engine:
         self.cfg, self.eos_id, self.sync_every = cfg, eos_id, sync_every
         self.decoder = Decoder(model, batch, vocab_size, use_cache, window)
         self.sampler = Sampler(cfg, batch, vocab_size, eos_id, device)
-        self.mode = self._build_step(decode, device)
+        self.mode = self._build_step(decode, device, compile_mode)
 
     def _one_step(self) -> torch.Tensor:
         return self.sampler.choose(self.decoder.forward_one(self.sampler.tok))
 
-    def _build_step(self, decode: str, device: torch.device) -> str:
+    def _build_step(self, decode: str, device: torch.device, compile_mode: str | None) -> str:
         self._step = self._one_step
         if decode == "auto":
             decode = "graph" if device.type == "cuda" else "eager"
@@ -392,7 +394,7 @@ class Engine:
         self.decoder.track_host = False  # the recording must attend over every slot
         fn = self._one_step
         if decode == "compile":
-            fn = torch.compile(fn, dynamic=False)
+            fn = torch.compile(fn, dynamic=False, mode=compile_mode)
         try:
             self._step = _record_cuda_graph(fn)
         except Exception as e:  # a driver or compiler we cannot record on: stay correct, only slower

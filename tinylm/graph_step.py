@@ -12,13 +12,18 @@ This module knows nothing about schedules, data or saving.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .optim import clip_and_check, optimizer_step
 
 WARMUP_STEPS = 3  # eager steps before capture: lets autograd, cuBLAS and cuDNN allocate their workspaces
 
 
 class GraphedStep:
-    """Call with ([(x, y), ...] micro-batches, lr) -> mean loss (a device tensor). The first
+    """Call with ([(x, y), ...] micro-batches, lr) -> mean loss (a device tensor; NaN when the
+    step was skipped for a non-finite loss or gradient). The first
     WARMUP_STEPS calls run eagerly on a side stream, the next one captures, later ones replay."""
 
     def __init__(self, model, param_groups: list[dict], cfg, dtype: torch.dtype | None, batch_shape: tuple[int, int]):
@@ -41,10 +46,10 @@ class GraphedStep:
                 _, loss = self.model(self.x[j], self.y[j])
             (loss / k).backward()
             total = total + loss.detach()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
-        return total / k
+        # a non-finite loss or gradient skips the update inside the graph (fused AdamW's found_inf)
+        ok = clip_and_check(self.model.parameters(), self.cfg.grad_clip, total)
+        optimizer_step(self.opt, ok)
+        return torch.where(ok, total / k, math.nan)
 
     def __call__(self, micro_batches, lr: float) -> torch.Tensor:
         for j, (x, y) in enumerate(micro_batches):

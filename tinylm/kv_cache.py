@@ -35,6 +35,8 @@ class KVCache:
         self.rolling = rolling
         self.pos = 0  # prefix mode: positions filled so far; the next token goes to slot `pos`
         self.slot_ids = torch.arange(max_len, device=device)  # (S,)
+        self._open = torch.zeros((), device=device, dtype=dtype)  # the two values of an additive mask
+        self._shut = torch.full((), float("-inf"), device=device, dtype=dtype)
         self.slots: torch.Tensor | None = None  # static mode: (T,) slots of the next forward's tokens
         self.mask: torch.Tensor | None = None  # static mode: (T, S) 0 where a query may attend, else -inf
         # static mode, eager only: attend over slots 0..filled-1 alone (a host int; the rest are masked
@@ -52,8 +54,7 @@ class KVCache:
         The mask is additive (0 or -inf), built once here rather than converted in every layer.
         Example: S=4, pos=[1, 2] -> slots [1, 2], mask [[0, 0, -inf, -inf], [0, 0, 0, -inf]]."""
         self.slots = pos % self.max_len if self.rolling else pos  # (T,)
-        visible = self.slot_ids[None, :] <= pos[:, None]  # (T, S)
-        self.mask = torch.zeros(visible.shape, dtype=self.k.dtype, device=pos.device).masked_fill(~visible, float("-inf"))
+        self.mask = torch.where(self.slot_ids[None, :] <= pos[:, None], self._open, self._shut)  # (T, S)
 
     def _attend_static(self, layer: int, q, k, v) -> torch.Tensor:
         kb, vb = self.k[layer], self.v[layer]  # (B, nh, S, hs) each, views into the buffers

@@ -1,16 +1,20 @@
 """The training job from a text file to a saved model, with TinyLM's log (seed 000).
 
-Shared by `tinylm train` and the classic `main.py -t`: read and check the dataset, build or load
-the tokenizer and model, log the dataset / model / trainer summaries, train, and say where the
-model went. Flag parsing stays in the entry points; the training loop stays in train.py.
+Shared by `tinylm train` and the classic `main.py -t`: read and check the dataset, pick what to
+start from (a new model, a model file's weights, or a checkpoint to resume exactly), check that a
+checkpoint fits the run, log the dataset / model / trainer summaries, train, and say where the
+model went. Flag parsing stays in the entry points; the training loop stays in train.py and the
+checkpoint format in trainstate.py.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
+import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
@@ -22,7 +26,10 @@ from .errors import UsageError
 from .log import banner, log, summary
 from .model import GPT, GPTConfig
 from .tokenizers import CharTokenizer, Tokenizer
+from .tokenizers import from_dict as tokenizer_from_dict
 from .train import Trainer, TrainConfig, TrainResult, seed_everything
+from .trainstate import (BEST, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
+                         restore_trainer, text_sha256, tokenizer_sha256)
 
 TOKENIZERS = ("char", "bpe", "gpt2")
 
@@ -34,10 +41,24 @@ class TrainJob:
     train: TrainConfig
     model: dict = field(default_factory=dict)  # GPTConfig fields (vocab_size comes from the tokenizer)
     init_model: Path | None = None  # continue training from this model file
-    force: bool = False  # allow overwriting an existing output
+    force: bool = False  # allow overwriting an existing output (and replacing its checkpoints)
     tokenizer: str = "char"
     vocab_size: int = 4096  # BPE only
     bpe_pattern: str = "gpt2"
+    resume: str | None = None  # "auto" = the output's checkpoint folder; else a checkpoint file or folder
+    resume_or_continue: bool = False  # main.py -t -m: resume init_model's checkpoint if one fits, else its weights
+    ignore_mismatch: bool = False  # resume even if the data or config differ from the checkpoint's
+
+
+@dataclass
+class Start:
+    """What a run starts from: the model and tokenizer, and a checkpoint state when resuming."""
+    model: GPT
+    tokenizer: Tokenizer
+    state: dict | None = None  # trainstate checkpoint to resume exactly
+    source: Path | None = None  # the checkpoint file resumed
+    notes: list = field(default_factory=list)  # lines to log once the banner is out
+    replace: list = field(default_factory=list)  # checkpoints of another run in our folder, replaced by ours
 
 
 def last_path(out: Path) -> Path:
@@ -45,17 +66,42 @@ def last_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.last{out.suffix or '.model'}")
 
 
+def _resume_folder(job: TrainJob, out: Path) -> Path | None:
+    """The checkpoint folder --resume reads (None when not resuming or resuming a single file)."""
+    if job.resume is None:
+        return None
+    if job.resume == "auto":
+        return checkpoint_dir(out)
+    p = Path(job.resume)
+    return p if p.is_dir() else p.parent
+
+
 def resolve_output(job: TrainJob, dataset: Path) -> Path:
-    """The output path, checked so that nothing of the user's is overwritten by accident."""
+    """The output path, checked so that nothing of the user's is overwritten by accident: an
+    existing output is replaced only with --force, by continuing that same model (-m X -o X), or
+    by resuming the run that wrote it (--resume with its checkpoints beside it)."""
     out = Path("models") / f"{dataset.stem}.model" if job.output is None else Path(job.output)
     if out.is_dir():
         raise UsageError(f"output {out} is a directory; give a file path such as {out / 'model.model'}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"output folder {out.parent} is a file, not a folder; choose another -o")
     if not out.parent.is_dir() and job.output is not None:
         raise UsageError(f"output folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another -o")
+    ckpts = checkpoint_dir(out)
+    if ckpts.exists() and not ckpts.is_dir():
+        raise UsageError(f"{ckpts} is a file, but the checkpoints of {out} go in a folder of that name; move it or choose another -o")
     same_as_init = job.init_model is not None and out.resolve() == Path(job.init_model).resolve()
-    if out.exists() and not (job.force or same_as_init):
+    own_run = _resume_folder(job, out) is not None and _resume_folder(job, out).resolve() == ckpts.resolve()
+    if out.exists() and not (job.force or same_as_init or own_run):
         raise UsageError(f"output {out} already exists; choose another -o, delete it, pass --force to overwrite, "
                          f"or continue training it with -m {out} -o {out}")
+    if out.parent.is_dir():
+        try:  # a read-only or foreign folder fails here, not after the first hour of training
+            fd, probe = tempfile.mkstemp(prefix=".tinylm-write-test", dir=out.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UsageError(f"output folder {out.parent} is not writable ({e.strerror}); choose another -o or fix its permissions") from None
     return out
 
 
@@ -65,8 +111,11 @@ def build_tokenizer(job: TrainJob, text: str) -> Tokenizer:
     if job.tokenizer == "bpe":
         from .tokenizers.bpe import train_bpe  # noqa: PLC0415 - optional path
 
-        log.info("Training a BPE tokenizer (vocabulary %d)...", job.vocab_size)
-        return train_bpe(text, job.vocab_size, pattern=job.bpe_pattern)
+        # logged after, not before: a --vocab-size the text cannot fill must end in one error line
+        t0 = time.time()
+        tokenizer = train_bpe(text, job.vocab_size, pattern=job.bpe_pattern)
+        log.info("Trained a BPE tokenizer (vocabulary %d) in %.1f s", job.vocab_size, time.time() - t0)
+        return tokenizer
     if job.tokenizer == "gpt2":
         from .tokenizers.bpe import BPETokenizer  # noqa: PLC0415
 
@@ -88,6 +137,99 @@ def log_trainer(t: TrainConfig) -> None:
                         ("beta1", t.beta1), ("beta2", t.beta2), ("weight decay", t.weight_decay)])
 
 
+def _checkpoint_start(path: Path, state: dict) -> Start:
+    cfg = GPTConfig.from_dict(state["model_config"])
+    model = GPT(cfg)
+    model.load_state_dict(state["model"])
+    return Start(model, tokenizer_from_dict(json.loads(state["tokenizer"])), state, path)
+
+
+def _find_resume(job: TrainJob, out: Path) -> tuple[Path, dict]:
+    """The checkpoint --resume names: a file, or the newest loadable one in a folder."""
+    if job.resume not in (None, "auto") and not Path(job.resume).is_dir():
+        return Path(job.resume), load_checkpoint(job.resume)
+    folder = _resume_folder(job, out)
+    found, problems = latest_usable(folder)
+    if found is None:
+        why = f" ({problems[0]})" if problems else "" if folder.is_dir() else " (the folder does not exist)"
+        raise UsageError(f"no checkpoint to resume in {folder}{why}; check -o (checkpoints live in <output>.ckpt), "
+                         "or train without --resume to start a new run")
+    return found
+
+
+def _resume(job: TrainJob, out: Path, data_sha: str) -> Start:
+    """tinylm train --resume: the checkpoint must fit the data and flags, unless --ignore-mismatch."""
+    path, state = _find_resume(job, out)
+    start = _checkpoint_start(path, state)
+    now_model = GPTConfig(**{**job.model, "vocab_size": start.tokenizer.vocab_size}).to_dict()
+    diffs = mismatches(state, asdict(job.train), now_model, data_sha)
+    if diffs and not job.ignore_mismatch:
+        raise UsageError(f"cannot resume from {path}: this run differs in {'; '.join(diffs)}; "
+                         "give the same data and flags, or pass --ignore-mismatch to resume anyway")
+    if diffs:
+        start.notes.append(f"Resuming despite differences ({'; '.join(diffs)}): the new data and training flags apply, "
+                           "the checkpoint's model shape is kept")
+    return start
+
+
+def _resume_or_continue(job: TrainJob, data_sha: str) -> Start:
+    """main.py -t -m MODEL: resume exactly from MODEL's checkpoint when it has one that fits,
+    else continue from MODEL's weights (a new optimizer, schedule and data order)."""
+    init = Path(job.init_model)
+    found, problems = latest_usable(checkpoint_dir(init))
+    if found is not None and not init.exists():
+        return _checkpoint_start(*found)  # killed before the model file was first written
+    loaded = load_model(init)
+    start = Start(loaded.model, loaded.tokenizer, notes=[f"Skipping {p}" for p in problems])
+    if found is None:
+        start.notes.append(f"No checkpoint for {init}; continuing from its weights ({loaded.meta.get('steps', 0)} steps so far)")
+        return start
+    path, state = found
+    diffs = mismatches(state, asdict(job.train), loaded.model.cfg.to_dict(), data_sha, tokenizer_sha256(loaded.tokenizer))
+    if diffs:
+        start.notes.append(f"Checkpoint {path} does not fit this run ({'; '.join(diffs)}); continuing from the weights of {init}")
+        return start
+    return _checkpoint_start(path, state)
+
+
+def _earlier_checkpoints(job: TrainJob, out: Path, start: Start) -> list[Path]:
+    """Checkpoints in the output's folder that this run must not mix with its own: another run's
+    (replaced with --force or when continuing the same model, else refused), or, after resuming
+    an older checkpoint, the newer ones of the abandoned course."""
+    folder = checkpoint_dir(out)
+    found = list_checkpoints(folder)
+    if start.state is not None and start.source.parent.resolve() == folder.resolve():
+        return [p for step, p in found if step > start.state["step"]]
+    if not found:
+        return []
+    same_as_init = job.init_model is not None and out.resolve() == Path(job.init_model).resolve()
+    if not (job.force or same_as_init):
+        raise UsageError(f"{folder} holds checkpoints of an earlier run (up to step {found[-1][0]}); continue it with --resume "
+                         f"(main.py: -t -m {out}), start over with --force, or choose another -o")
+    start.notes.append(f"This run's checkpoints will replace the earlier ones in {folder}")
+    return [p for _, p in found] + ([folder / BEST] if (folder / BEST).exists() else [])
+
+
+def _starting_point(job: TrainJob, text: str, out: Path, data_sha: str) -> Start:
+    if job.resume is not None and job.init_model is not None:
+        raise UsageError("--resume continues a checkpoint and -m starts from a model's weights; choose one")
+    if job.ignore_mismatch and job.resume is None:
+        raise UsageError("--ignore-mismatch applies only with --resume; add --resume or drop it")
+    if job.resume is not None:
+        start = _resume(job, out, data_sha)
+    elif job.init_model is not None and job.resume_or_continue:
+        start = _resume_or_continue(job, data_sha)
+    elif job.init_model is not None:
+        loaded = load_model(job.init_model)
+        start = Start(loaded.model, loaded.tokenizer,
+                      notes=[f"Continuing training from {job.init_model} ({loaded.meta.get('steps', 0)} steps so far)"])
+    else:
+        tokenizer = build_tokenizer(job, text)
+        start = Start(GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **job.model)), tokenizer)
+    start.replace = _earlier_checkpoints(job, out, start)
+    return start
+
+
 def run_training(job: TrainJob) -> TrainResult:
     # Everything that can fail on bad input is checked before the first log line, so a mistake
     # costs one clear error line and nothing else.
@@ -95,13 +237,12 @@ def run_training(job: TrainJob) -> TrainResult:
     text = read_text(dataset)
     out = resolve_output(job, dataset)
     device = resolve_device(job.train.device)
+    if job.train.cuda_graph and device.type != "cuda":
+        raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
     seed_everything(job.train.seed)
-    if job.init_model is not None:
-        loaded = load_model(job.init_model)
-        model, tokenizer = loaded.model, loaded.tokenizer
-    else:
-        tokenizer = build_tokenizer(job, text)
-        model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, **job.model))
+    data_sha = text_sha256(text)
+    start = _starting_point(job, text, out, data_sha)
+    model, tokenizer = start.model, start.tokenizer
     ids = tokenizer.encode(text)
     T = model.cfg.context_size
     split = split_tokens(ids, job.train.val_fraction, T, source=f"dataset {dataset}")
@@ -111,16 +252,22 @@ def run_training(job: TrainJob) -> TrainResult:
     log.info("Loading dataset...")
     nbytes = len(text.encode("utf-8"))
     log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
-    if job.init_model is not None:
-        log.info("Continuing training from %s (%d steps so far)", job.init_model, loaded.meta.get("steps", 0))
+    for note in start.notes:
+        log.info("%s", note)
     summary("Dataset", [("vocabulary size", tokenizer.vocab_size), ("chunks", (len(split.train) - 1) // T),
                         ("chunk size", T), ("training tokens", len(split.train)), ("validation tokens", len(split.val))])
     log_model(model)
     log_trainer(job.train)
-    meta = {"tinylm_version": __version__, "dataset": str(dataset),
-            "dataset_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    meta = {"tinylm_version": __version__, "dataset": str(dataset), "dataset_sha256": data_sha,
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    trainer = Trainer(model, tokenizer, split, job.train, out=out, last=last_path(out), meta=meta)
+    trainer = Trainer(model, tokenizer, split, job.train, out=out, last=last_path(out), meta=meta,
+                      checkpoints=checkpoint_dir(out))
+    trainer.replace_ckpts = start.replace
+    if start.state is not None:
+        restore_trainer(trainer, start.state)
+        approx = " (approximately: a --time budget follows the wall clock)" if job.train.time_budget else ""
+        log.info("Resuming exactly%s from checkpoint %s (step %d, epoch %d)", approx, start.source, trainer.result.steps,
+                 trainer.epoch + 1)
     log.info("Switching to training loop")
     res = trainer.run()
     how = "Interrupted" if res.interrupted else "Training done"

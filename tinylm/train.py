@@ -2,8 +2,11 @@
 
 Owns the optimizer (AdamW, decay on matrices only), the schedule in use, the step (micro-batches
 with gradient accumulation, clipping, bf16 autocast on CUDA), exact evaluation on the validation
-split, saving the best and last model, and stopping (epochs, steps or time, whichever comes
-first, or a SIGINT/SIGTERM, which saves and returns). It does not parse flags or read files.
+split, saving the best and last model, checkpoints (when, not how: see trainstate.py), and
+stopping (epochs, steps or time, whichever comes first, or a SIGINT/SIGTERM, which saves a
+checkpoint and returns). Numerical faults: a step whose loss or gradient is not finite is skipped
+on the device (no host sync); several in a row roll back to the last checkpoint with a lower
+learning rate. It does not parse flags or read files.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import trainstate
 from .checkpoint import BackgroundSaver
 from .corpus import cache_dir
 from .data import ChunkBatches, TokenSplit, eval_windows
@@ -27,6 +31,7 @@ from .device import autocast_dtype, configure, resolve_device
 from .errors import UsageError
 from .log import Progress, log
 from .model import GPT
+from .optim import Optimizers, clip_and_check, make_optimizer, optimizer_step, param_groups  # noqa: F401 - re-exported
 from .schedule import PlateauState, cosine_lr, plateau_update
 from .tokenizers import Tokenizer
 
@@ -59,7 +64,12 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str = "off"  # off | model (torch.compile the whole training forward) | blocks (each block alone)
     cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see graph_step.py)
-    log_interval: int = 10  # steps between log lines when not on a terminal
+    log_interval: int = 10  # steps between log lines when not on a terminal (and between checks for skipped steps)
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = off
+    checkpoint_minutes: float = 10.0  # minutes between checkpoints; 0 = off
+    keep_checkpoints: int = 3  # newest checkpoints kept (plus best.ckpt)
+    nan_patience: int = 3  # non-finite steps in a row (seen at a log interval) that trigger a rollback
+    max_rollbacks: int = 3  # rollbacks before the run stops as diverged
 
     def __post_init__(self):
         rules = [
@@ -84,6 +94,11 @@ class TrainConfig:
             (self.eval_interval >= 0, f"--eval-interval must be >= 0, got {self.eval_interval}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.log_interval >= 1, f"--log-interval must be at least 1, got {self.log_interval}"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 steps (0 = off), got {self.checkpoint_every}"),
+            (self.checkpoint_minutes >= 0, f"--checkpoint-minutes must be >= 0 (0 = off), got {self.checkpoint_minutes}"),
+            (self.keep_checkpoints >= 1, f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}"),
+            (self.nan_patience >= 1, f"nan_patience must be at least 1, got {self.nan_patience}"),
+            (self.max_rollbacks >= 0, f"max_rollbacks must be >= 0, got {self.max_rollbacks}"),
         ]
         for ok, msg in rules:
             if not ok:
@@ -106,54 +121,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class Optimizers:
-    """Several optimizers stepped as one (Muon covers some parameters, AdamW the rest)."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    def step(self) -> None:
-        for o in self.optimizers:
-            o.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> list[dict]:
-        return [o.state_dict() for o in self.optimizers]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        for o, st in zip(self.optimizers, states):
-            o.load_state_dict(st)
-
-
-def param_groups(model: GPT, cfg: TrainConfig, exclude: set[int] = frozenset()) -> list[dict]:
-    """AdamW groups: weight decay on matrices (embeddings, linear weights) only; decaying biases
-    and LayerNorm gains only pulls them toward zero for no benefit."""
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
-    return [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
-    """AdamW over `param_groups`. With cfg.optimizer == "muon", the blocks' weight matrices go to
-    Muon instead (Jordan et al. 2024: orthogonalised momentum), its learning rate matched to
-    AdamW's update size so one --lr serves both."""
-    hidden = [p for b in model.blocks for p in b.parameters() if p.dim() == 2] if cfg.optimizer == "muon" else []
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        param_groups(model, cfg, {id(p) for p in hidden}), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")]
-    if hidden:
-        opts.append(torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
-    return Optimizers(opts)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -181,7 +148,7 @@ def evaluate(model, tokens: torch.Tensor, context: int, batch_size: int, device:
 
 def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype) -> torch.Tensor:
     """One optimizer step over `micro_batches` [(x, y), ...]; returns the mean loss as a device
-    tensor (no host sync)."""
+    tensor (no host sync), NaN when the step was skipped for a non-finite loss or gradient."""
     total = torch.zeros((), device=device)
     for x, y in micro_batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -191,11 +158,10 @@ def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype) -> to
         # the gradient of one batch len(micro_batches) times larger.
         (loss / len(micro_batches)).backward()
         total += loss.detach()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
+    ok = clip_and_check(model.parameters(), cfg.grad_clip, total)
+    optimizer_step(opt, ok)
     opt.zero_grad(set_to_none=True)
-    return total / len(micro_batches)
+    return torch.where(ok, total / len(micro_batches), math.nan)
 
 
 class StopFlag:
@@ -239,10 +205,12 @@ def _progress(cfg: TrainConfig, step: int, epoch_pos: float, elapsed: float) -> 
 
 class Trainer:
     """Holds the state of one run; `run()` executes it. Saving goes to `out` (best by validation
-    loss; the current weights when there is no validation) and `last` (latest weights)."""
+    loss; the current weights when there is no validation), `last` (latest weights) and, when
+    `checkpoints` names a folder, resumable checkpoints there (see trainstate.py)."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, split: TokenSplit, cfg: TrainConfig,
-                 out: Path | None = None, last: Path | None = None, meta: dict | None = None):
+                 out: Path | None = None, last: Path | None = None, meta: dict | None = None,
+                 checkpoints: Path | None = None):
         self.cfg, self.tokenizer, self.split = cfg, tokenizer, split
         self.out, self.last, self.meta = out, last, dict(meta or {})
         self.device = resolve_device(cfg.device)
@@ -278,6 +246,21 @@ class Trainer:
         self.result = TrainResult()
         self.saved_out = False
         self.saver = BackgroundSaver()
+        # Where the run is, all of it saved in a checkpoint (trainstate.trainer_state): the epoch,
+        # the optimizer steps done in it, and its running loss (for the plateau schedule). The
+        # counters stay on the device so a step never waits for the host.
+        self.epoch, self.pos, self.lr = 0, 0, cfg.lr
+        self.epoch_loss = torch.zeros((), device=self.device)  # sum of this epoch's finite step losses
+        self.epoch_ok = torch.zeros((), device=self.device)  # how many steps that sum holds
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.device)  # steps skipped as non-finite
+        self.bad_run = torch.zeros((), dtype=torch.long, device=self.device)  # ... of them in a row, up to now
+        self.skips_logged, self.lr_scale, self.rollbacks = 0, 1.0, 0
+        self.elapsed_before = 0.0  # training seconds before a resume
+        self.ckpt_dir = Path(checkpoints) if checkpoints is not None else None
+        self.replace_ckpts: list[Path] = []  # an earlier run's checkpoints, removed once this run has one
+        self.best_ckpt_val, self.ckpt_pending = math.inf, False
+        self.t0 = self.last_ckpt = time.time()
+        self._batches = None  # this epoch's batch iterator; None = start it at (epoch, pos)
 
     def lr_for(self, step: int, progress: float) -> float:
         cfg = self.cfg
@@ -289,65 +272,91 @@ class Trainer:
             return self.plateau.lr * (step + 1) / cfg.warmup_steps
         return self.plateau.lr
 
+    def elapsed(self) -> float:
+        """Training seconds so far, those before a resume included."""
+        return self.elapsed_before + time.time() - self.t0
+
+    def reset_position(self) -> None:
+        """Restart the batch iterator at (self.epoch, self.pos), after a resume or a rollback."""
+        self._batches = None
+
     def run(self) -> TrainResult:
         cfg, res = self.cfg, self.result
         self.model.train()
-        self.t0 = time.time()
+        self.t0 = self.last_ckpt = time.time()
         progress = Progress(cfg.log_interval)
         with StopFlag() as stop:
-            epoch = 0
-            while not self._done(epoch, res.steps):
-                self._run_epoch(epoch, progress, stop)
-                epoch += 1
-                if stop.set:
-                    break
+            while not (stop.set or self._done()):
+                self._step(progress)
+                if res.steps % cfg.log_interval == 0 and self._check_faults():
+                    continue  # rolled back: go on from the checkpoint's position
+                if self.pos == self.steps_per_epoch or stop.set or self._done():
+                    self._end_epoch(progress, stop.set)
+                if not (stop.set or self._done()) and self._checkpoint_due():
+                    trainstate.checkpoint(self)
         progress.clear()
         res.interrupted = stop.set
-        res.elapsed = time.time() - self.t0
+        res.elapsed = self.elapsed()
         if not stop.set and (not res.history or res.history[-1][0] != res.steps):
             self._validate()
         self._save_last()
+        if self.ckpt_dir is not None:  # also what a SIGINT/SIGTERM saves
+            trainstate.checkpoint(self)
         return res
 
-    def _done(self, epoch: int, step: int) -> bool:
+    def _done(self) -> bool:
         cfg = self.cfg
-        return bool((cfg.epochs and epoch >= cfg.epochs) or (cfg.max_steps and step >= cfg.max_steps)
-                    or (cfg.time_budget and time.time() - self.t0 >= cfg.time_budget))
+        return bool((cfg.epochs and self.epoch >= cfg.epochs) or (cfg.max_steps and self.result.steps >= cfg.max_steps)
+                    or (cfg.time_budget and self.elapsed() >= cfg.time_budget))
 
-    def _run_epoch(self, epoch: int, progress: Progress, stop: StopFlag) -> None:
+    def _step(self, progress: Progress) -> None:
         cfg, res = self.cfg, self.result
-        t_epoch, loss_sum, n = time.time(), torch.zeros((), device=self.device), 0
-        batches = self.batches.epoch(epoch)
-        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.model.cfg.context_size
-        for i in range(self.steps_per_epoch):
-            frac = _progress(cfg, res.steps, epoch + i / self.steps_per_epoch, time.time() - self.t0)
-            lr = self.lr_for(res.steps, frac)
-            micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
-            if self.graphed is not None:
-                loss = self.graphed(micro_batches, lr)
-            else:
-                for group in self.opt.param_groups:
-                    group["lr"] = lr
-                loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype)
-            loss_sum += loss
-            n += 1
-            res.steps += 1
-            res.tokens += tokens_per_step
-            res.epochs_done = epoch + (i + 1) / self.steps_per_epoch
-            if progress.wants(res.steps):
-                progress.update(res.steps, loss.item(), lr, res.tokens, frac, time.time() - self.t0)
-            if cfg.eval_interval and res.steps % cfg.eval_interval == 0:
-                progress.clear()
-                self._validate()
-            if stop.set or self._done(epoch, res.steps):
-                break
-        progress.clear()
-        avg = float(loss_sum) / max(n, 1)
-        log.info("Epoch %d done in %.2f seconds, learning rate: %.6g, average loss: %.4f", epoch + 1, time.time() - t_epoch, lr, avg)
-        if cfg.schedule == "plateau" and n == self.steps_per_epoch:
-            self.plateau = plateau_update(self.plateau, avg, cfg.patience, 0.5, min_lr=cfg.min_lr)
-        if not cfg.eval_interval and not stop.set:
+        if self._batches is None:
+            self._batches = self.batches.epoch(self.epoch, skip=self.pos * cfg.grad_accum)
+            self.t_epoch = time.time()
+        frac = _progress(cfg, res.steps, self.epoch + self.pos / self.steps_per_epoch, self.elapsed())
+        self.lr = lr = self.lr_for(res.steps, frac) * self.lr_scale
+        micro_batches = [next(self._batches) for _ in range(cfg.grad_accum)]
+        if self.graphed is not None:
+            loss = self.graphed(micro_batches, lr)
+        else:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype)
+        ok = torch.isfinite(loss)  # False: the step was skipped (device-side bookkeeping, no sync)
+        self.epoch_loss += torch.where(ok, loss, 0.0)
+        self.epoch_ok += ok
+        self.skipped += ~ok
+        self.bad_run = (self.bad_run + 1) * ~ok
+        self.pos += 1
+        res.steps += 1
+        res.tokens += cfg.batch_size * cfg.grad_accum * self.model.cfg.context_size
+        res.epochs_done = self.epoch + self.pos / self.steps_per_epoch
+        if progress.wants(res.steps):
+            progress.update(res.steps, loss.item(), lr, res.tokens, frac, self.elapsed())
+        if cfg.eval_interval and res.steps % cfg.eval_interval == 0:
+            progress.clear()
             self._validate()
+
+    def _end_epoch(self, progress: Progress, stopped: bool) -> None:
+        """Close the epoch (log, plateau schedule, per-epoch validation); also called when the
+        run ends in the middle of one, which then stays open for a resume."""
+        cfg = self.cfg
+        full = self.pos == self.steps_per_epoch
+        progress.clear()
+        counted = float(self.epoch_ok)
+        avg = float(self.epoch_loss) / max(counted, 1)
+        log.info("Epoch %d done in %.2f seconds, learning rate: %.6g, average loss: %.4f", self.epoch + 1,
+                 time.time() - self.t_epoch, self.lr, avg)
+        if cfg.schedule == "plateau" and full and counted:
+            self.plateau = plateau_update(self.plateau, avg, cfg.patience, 0.5, min_lr=cfg.min_lr)
+        if not cfg.eval_interval and not stopped:
+            self._validate()
+        if full:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self.epoch_loss.zero_()
+            self.epoch_ok.zero_()
+            self._batches = None
 
     def _validate(self) -> None:
         res = self.result
@@ -357,16 +366,39 @@ class Trainer:
             return
         val = evaluate(self.model, self.split.val, self.model.cfg.context_size, self.cfg.batch_size, self.device, self.dtype)
         res.last_val = val
-        res.history.append((res.steps, time.time() - self.t0, val))
+        res.history.append((res.steps, self.elapsed(), val))
         improved = val < res.best_val
         log.info("Validation loss: %.4f, perplexity: %.2f (step %d, %.1f s)%s", val, math.exp(min(val, 50)), res.steps,
-                 time.time() - self.t0, " (best so far)" if improved else "")
+                 self.elapsed(), " (best so far)" if improved else "")
         if improved:
             res.best_val = val
             if self.out is not None:
                 self._save(self.out)
 
+    # ------------------------------------------------------------ numerical faults
+
+    def weights_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+
+    def _check_faults(self) -> bool:
+        """At a log interval (one host sync): report skipped steps; roll back when the last
+        cfg.nan_patience steps or more were all skipped. Returns whether it rolled back."""
+        skipped, bad = int(self.skipped), int(self.bad_run)
+        if skipped > self.skips_logged:
+            log.warning("Skipped %d step(s) with a non-finite loss or gradient (%d in all, now at step %d)",
+                        skipped - self.skips_logged, skipped, self.result.steps)
+            self.skips_logged = skipped
+        if bad < self.cfg.nan_patience:
+            return False
+        trainstate.rollback(self, bad)
+        return True
+
+    # ------------------------------------------------------------ saving
+
     def _save(self, path: Path) -> None:
+        if not self.weights_finite():  # never write a model with NaN/inf weights
+            log.warning("Not saving %s: the weights hold NaN/inf values", path)
+            return
         res = self.result
         meta = {**self.meta, "steps": res.steps, "epochs": round(res.epochs_done, 4), "tokens_seen": res.tokens,
                 "val_loss": None if math.isnan(res.last_val) else res.last_val, "train_config": asdict(self.cfg),
@@ -381,3 +413,9 @@ class Trainer:
         if self.out is not None and not self.saved_out:  # no validation ran: the output is the latest weights
             self._save(self.out)
         self.saver.wait()
+
+    def _checkpoint_due(self) -> bool:
+        cfg = self.cfg
+        return self.ckpt_dir is not None and (
+            self.ckpt_pending or bool(cfg.checkpoint_every and self.result.steps % cfg.checkpoint_every == 0)
+            or bool(cfg.checkpoint_minutes and time.time() - self.last_ckpt >= 60 * cfg.checkpoint_minutes))

@@ -1,0 +1,89 @@
+"""Optimizers for training: AdamW with decay on matrices only, optionally Muon for the blocks'
+matrices, and a step that is skipped when the gradients are not finite.
+
+The skip happens on the device where the optimizer allows it (fused AdamW), so a training step
+never waits for the host. This module knows nothing about schedules, data or checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .model import GPT
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+class Optimizers:
+    """Several optimizers stepped as one (Muon covers some parameters, AdamW the rest)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> list[dict]:
+        return [o.state_dict() for o in self.optimizers]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for o, st in zip(self.optimizers, states):
+            o.load_state_dict(st)
+
+
+def param_groups(model: GPT, cfg: TrainConfig, exclude: set[int] = frozenset()) -> list[dict]:
+    """AdamW groups: weight decay on matrices (embeddings, linear weights) only; decaying biases
+    and LayerNorm gains only pulls them toward zero for no benefit."""
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimizers:
+    """AdamW over `param_groups`. With cfg.optimizer == "muon", the blocks' weight matrices go to
+    Muon instead (Jordan et al. 2024: orthogonalised momentum), its learning rate matched to
+    AdamW's update size so one --lr serves both."""
+    hidden = [p for b in model.blocks for p in b.parameters() if p.dim() == 2] if cfg.optimizer == "muon" else []
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
+        param_groups(model, cfg, {id(p) for p in hidden}), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")]
+    if hidden:
+        opts.append(torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
+    return Optimizers(opts)
+
+
+def clip_and_check(params, grad_clip: float, loss_sum: torch.Tensor) -> torch.Tensor:
+    """Clip the gradients' global norm to `grad_clip` (0 = no clipping) and return a device bool:
+    are the loss and every gradient finite? A NaN/inf anywhere makes the total norm non-finite,
+    so one norm answers for all of them without a host sync."""
+    params = [p for p in params if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    return torch.isfinite(norm) & torch.isfinite(loss_sum)
+
+
+def optimizer_step(opt, ok: torch.Tensor) -> None:
+    """opt.step(), skipped when the device bool `ok` is False. Fused AdamW skips on the device
+    through `found_inf`, the hook torch.amp.GradScaler uses, so there is no host sync; other
+    optimizers (Muon, unfused AdamW on the CPU, where a sync costs nothing) ask the host."""
+    for o in getattr(opt, "optimizers", [opt]):
+        if isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups):
+            o.found_inf = (~ok).float()
+            o.step()
+        elif bool(ok):  # subtle: a host sync on CUDA, paid by Muon only
+            o.step()

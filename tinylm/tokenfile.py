@@ -1,0 +1,449 @@
+"""Token files: a text corpus tokenized once into a memory-mapped file of ids, and batches from it.
+
+Over `data.py`, which reads the whole text and holds its ids as one int64 tensor, this adds a
+path for corpora larger than memory:
+1. `scan_text` streams the file once in blocks: its sha256, its size, its set of characters
+   (enough to build a char vocabulary) and the same checks, worded the same, as `read_text`.
+2. `token_file` tokenizes it, block by block, into `cache_dir()/tokens/<key>.bin`: raw uint16
+   ids when the vocabulary fits (<= 65536 ids), else uint32. The key hashes the text's sha256
+   with the tokenizer's JSON, so a second run with the same text and tokenizer maps the file
+   it already has instead of tokenizing again. It returns a read-only `np.memmap`: pages are
+   read from disk as batches touch them, and the OS may drop them again under memory pressure.
+3. `split_memmap` cuts the ids into a `data.TokenSplit` of `TokenWindows`: views of the memmap
+   that hand out int64 windows, which is all `ChunkBatches`, `eval_windows` and `Trainer` use.
+
+On a GPU. Trainer calls `split.train.to(device)`. `TokenWindows.to` copies the ids (still
+uint16/uint32, a quarter or half of int64) to the GPU when they fit in a share of its free
+memory, and ChunkBatches then draws every window there with no host work. When they do not
+fit, the stream stays a memmap on the host, windows are gathered on the CPU, and the Trainer
+copies them over. `gather_batch` is the version of that gather which overlaps the copy with
+compute: it writes inputs and targets into page-locked (pinned) memory, so
+`x.to("cuda", non_blocking=True)` returns at once and the transfer runs while the GPU works.
+
+Exactness. Streaming must give the ids of `tokenizer.encode(whole_text)`. A char tokenizer may
+be cut anywhere. A BPE tokenizer pre-splits text with a regex, and a cut is safe only where
+that regex would put a chunk boundary anyway and nothing before the cut looks past it; see
+`_last_safe_cut` for the two kinds of cut that hold for the GPT-2 and cl100k patterns. A
+custom pattern, or another tokenizer kind, is encoded whole (correct, but in memory).
+
+This module does not build tokenizers, decide the train/val fraction, or run training.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, NoReturn
+
+import numpy as np
+import torch
+
+from .corpus import cache_dir
+from .data import TokenSplit, split_tokens
+from .errors import UsageError
+from .tokenizers import CharTokenizer, Tokenizer
+
+FORMAT_VERSION = 1  # bump when the .bin layout or the key changes: old files are then ignored
+BLOCK_BYTES = 4 << 20  # read size: large enough to amortise encode() calls, small next to RAM
+NUL_WINDOW = 1 << 20  # read_text looks for NUL bytes in this much of the file; so do we
+DEVICE_SHARE = 0.25  # a stream goes to the GPU only if it takes at most this share of free memory:
+# the rest is for optimizer state and activations, which are allocated later, on the first step
+SAFE_PATTERNS = ("gpt2", "cl100k")  # BPE patterns `_last_safe_cut` is proven for
+
+
+# ---- reading the text ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TextInfo:
+    path: Path
+    sha256: str  # hex digest of the file's bytes (== sha256 of read_text(path).encode())
+    nbytes: int
+    chars: frozenset[str]  # every character in the text; CharTokenizer(sorted(chars)) is its vocabulary
+
+
+class _TextReader:
+    """One streaming pass over a UTF-8 file, with read_text's checks and wording. Iterate
+    `blocks()` for (raw bytes, decoded text) pairs; `sha256` and `nbytes` grow as it goes.
+    A multi-byte character split across two reads is held back by the incremental decoder and
+    comes out with the next block."""
+
+    def __init__(self, path: str | os.PathLike, flag: str = "-d/--dataset", block_bytes: int = BLOCK_BYTES):
+        self.path, self.flag, self.block_bytes = Path(path), flag, block_bytes
+        self.hash = hashlib.sha256()
+        self.nbytes = 0
+        self.blank = True  # only ASCII whitespace so far (bytes.strip() would leave nothing)
+
+    @property
+    def sha256(self) -> str:
+        return self.hash.hexdigest()
+
+    def blocks(self) -> Iterator[tuple[bytes, str]]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        with self._open() as f:
+            while raw := self._read(f):
+                if self.nbytes < NUL_WINDOW and b"\x00" in raw[:NUL_WINDOW - self.nbytes]:
+                    self._binary()
+                text = self._decode(decoder, raw, final=False)
+                self.hash.update(raw)
+                self.nbytes += len(raw)
+                self.blank = self.blank and not raw.strip()
+                yield raw, text
+        self._decode(decoder, b"", final=True)  # raises on a truncated last character, else ""
+        if self.blank:
+            raise UsageError(f"dataset {self.path} is empty; give a text file with some text in it")
+
+    def _open(self) -> BinaryIO:
+        p, flag = self.path, self.flag
+        if not p.exists():
+            raise UsageError(f"dataset {p} does not exist; check the path given to {flag}")
+        if p.is_dir():
+            raise UsageError(f"dataset {p} is a directory; pass a text file to {flag}")
+        try:
+            return open(p, "rb")  # noqa: SIM115 - closed by blocks()
+        except OSError as e:
+            self._unreadable(e)
+
+    def _read(self, f: BinaryIO) -> bytes:
+        try:
+            return f.read(self.block_bytes)
+        except OSError as e:
+            self._unreadable(e)
+
+    def _unreadable(self, e: OSError) -> NoReturn:
+        p = self.path
+        if isinstance(e, PermissionError):
+            raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
+        raise UsageError(f"dataset {p} cannot be read ({e.strerror}); check the file") from None
+
+    def _binary(self) -> NoReturn:
+        raise UsageError(f"dataset {self.path} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
+
+    def _decode(self, decoder, raw: bytes, final: bool) -> str:
+        held = decoder.getstate()[0]  # bytes of an unfinished character from the previous block
+        try:
+            return decoder.decode(raw, final)
+        except UnicodeDecodeError as e:
+            # subtle: read_text reports NUL bytes in the first MiB before bad UTF-8 anywhere, and
+            # blocks may be smaller than that MiB, so look ahead before blaming the encoding.
+            with open(self.path, "rb") as f:
+                if b"\x00" in f.read(NUL_WINDOW):
+                    self._binary()
+            p, offset = self.path, self.nbytes - len(held) + e.start  # e.start counts from `held`
+            raise UsageError(f"dataset {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset}); "
+                             f"convert it first, e.g. iconv -f LATIN2 -t UTF-8 {p} > {p.stem}.utf8.txt") from None
+
+
+def scan_text(path: str | os.PathLike, flag: str = "-d/--dataset", block_bytes: int = BLOCK_BYTES) -> TextInfo:
+    """Stream `path` once, never holding more than a block: its hash, size and characters.
+    Raises the UsageError read_text would raise for the same file."""
+    reader = _TextReader(path, flag, block_bytes)
+    seen = np.zeros(128, dtype=bool)  # seen[code point]; grows when a larger one turns up
+    for raw, text in reader.blocks():
+        if raw.isascii():  # most text: the bytes already are the code points
+            codes = np.frombuffer(raw, dtype=np.uint8)
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        present = np.bincount(codes) > 0  # much faster than set(text) on megabytes
+        if len(present) > len(seen):
+            seen = np.concatenate([seen, np.zeros(len(present) - len(seen), dtype=bool)])
+        seen[:len(present)] |= present
+    chars = frozenset(chr(c) for c in np.flatnonzero(seen))
+    return TextInfo(Path(path), reader.sha256, reader.nbytes, chars)
+
+
+# ---- tokenizing into a cached file --------------------------------------------------------------
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (half the disk and page cache of uint32), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def cache_key(info: TextInfo, tokenizer: Tokenizer) -> str:
+    """Token files are named by what determines their content: the text and the tokenizer."""
+    return hashlib.sha256(f"tinylm-tokens-v{FORMAT_VERSION}\n{info.sha256}\n{_tokenizer_hash(tokenizer)}".encode()).hexdigest()
+
+
+def token_file(path: str | os.PathLike, tokenizer: Tokenizer, info: TextInfo | None = None,
+               progress: bool = True) -> np.ndarray:
+    """All token ids of the text file `path`, as a read-only memmap of shape (N,), dtype
+    `id_dtype(tokenizer.vocab_size)`. Equal to `tokenizer.encode(read_text(path))`.
+
+    Reuses `cache_dir()/tokens/<cache_key>.bin` when its sidecar `.json` vouches for it; else
+    tokenizes the file in blocks, writing ids as it goes, and publishes the file atomically.
+    `info` (from an earlier `scan_text`) saves one read of the file for the hash."""
+    info = info if info is not None else scan_text(path)
+    dtype = id_dtype(tokenizer.vocab_size)
+    key = cache_key(info, tokenizer)
+    bin_path = cache_dir() / "tokens" / f"{key}.bin"
+    count = _cached_count(bin_path, dtype)
+    if count is None:
+        count = _write_token_file(Path(path), tokenizer, info, bin_path, dtype, progress)
+    if count == 0:  # unreachable for text read_text accepts; np.memmap cannot map 0 bytes
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _tokenizer_hash(tokenizer: Tokenizer) -> str:
+    canonical = json.dumps(tokenizer.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _cached_count(bin_path: Path, dtype: np.dtype) -> int | None:
+    """Number of ids in a finished token file, or None if it is missing, partial or foreign."""
+    try:
+        meta = json.loads(bin_path.with_suffix(".json").read_text(encoding="utf-8"))
+        ok = meta["format"] == FORMAT_VERSION and meta["dtype"] == dtype.name
+        return int(meta["count"]) if ok and bin_path.stat().st_size == int(meta["count"]) * dtype.itemsize else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path: Path, dtype: np.dtype,
+                      progress: bool) -> int:
+    """Tokenize `path` into bin_path via a temp file; the sidecar goes last, so a file without a
+    matching sidecar (a crash, a kill) is never trusted. Returns the number of ids."""
+    tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
+    reader = _TextReader(path, block_bytes=BLOCK_BYTES)  # looked up now, so tests can shrink it
+    bar = _Progress(f"Tokenizing {path.name}", info.nbytes, progress)
+    count = 0
+    try:
+        bin_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as out:
+            for ids in _encode_blocks(reader, tokenizer, bar):
+                np.asarray(ids, dtype=dtype).tofile(out)  # subtle: numpy raises if an id does not fit dtype
+                count += len(ids)
+        bar.close()
+        if reader.sha256 != info.sha256:
+            raise UsageError(f"dataset {path} changed while it was being tokenized; run again once it is complete")
+        os.replace(tmp, bin_path)
+        meta = {"format": FORMAT_VERSION, "count": count, "dtype": dtype.name, "source": str(path.resolve()),
+                "source_sha256": info.sha256, "source_bytes": info.nbytes, "tokenizer": tokenizer.kind,
+                "tokenizer_sha256": _tokenizer_hash(tokenizer), "vocab_size": tokenizer.vocab_size}
+        side_tmp = bin_path.with_name(f"{bin_path.stem}.json.tmp{os.getpid()}")
+        side_tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        os.replace(side_tmp, bin_path.with_suffix(".json"))
+    except OSError as e:
+        raise UsageError(f"cannot write the token file {bin_path} ({e.strerror}); free some disk space, "
+                         "or set TINYLM_CACHE to a folder with room") from None
+    finally:
+        bar.close()
+        with contextlib.suppress(OSError):  # e.g. no folder to remove it from
+            tmp.unlink(missing_ok=True)
+    return count
+
+
+def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress") -> Iterator[list[int] | np.ndarray]:
+    """Ids of the whole text, in pieces. Text is cut at the last safe point of each block (see
+    `_last_safe_cut`); what follows waits for the next block, so no chunk of the BPE pre-split
+    ever straddles a cut."""
+    encode = _fast_encoder(tokenizer)
+    if tokenizer.kind == "char":
+        last_cut: Callable[[str, int], int] = lambda text, lo: len(text)  # noqa: E731 - any cut is safe
+    elif getattr(tokenizer, "pattern_name", None) in SAFE_PATTERNS:
+        last_cut = _last_safe_cut
+    else:
+        last_cut = lambda text, lo: 0  # noqa: E731 - no cut is known to be safe: encode the text whole
+    pending: list[str] = []  # text since the last cut, in pieces (joined only at a cut: linear time)
+    n_pending = 0
+    tail = ""  # the last two characters of pending: the context a cut at the seam needs
+    for _, block in reader.blocks():
+        window = tail + block
+        p = last_cut(window, 1)  # from 1: 0 is the start of the text, or was ruled out before
+        if p:
+            text = "".join(pending) + block
+            cut = n_pending - len(tail) + p
+            yield encode(text[:cut])
+            pending, n_pending = [text[cut:]], len(text) - cut
+        else:
+            pending.append(block)
+            n_pending += len(block)
+        tail = window[-2:]
+        bar.update(reader.nbytes)
+    if n_pending:
+        yield encode("".join(pending))
+
+
+# A cut at p (text[:p] | text[p:]) is safe for the GPT-2 and cl100k patterns when
+# 1. text[p-2:p+1] is X "\n" Y with X and Y not whitespace: every alternative that can take a
+#    "\n" (whitespace runs; cl100k's punctuation + newlines) stops at Y and cannot start
+#    before X, so "\n" (or "X\n") ends a chunk at p, and no match before p looks beyond it;
+# 2. text[p-1:p+2] is letter " " letter (ASCII): a letter run ends at p, " Y..." starts a new
+#    chunk (` ?\p{L}+` in GPT-2, `[^\r\n\p{L}\p{N}]?+\p{L}++` in cl100k).
+# subtle: NOT after "\r\n" (GPT-2 splits "\r\nWord" into "\r" "\n" "Word", but keeps a final
+# "\r\n" whole), and NOT before any other whitespace (a run gives its last space to the next word).
+# Python's \s covers every character either regex engine calls whitespace, so \S is safe.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=[A-Za-z])(?= [A-Za-z])")
+
+
+def _last_safe_cut(text: str, lo: int) -> int:
+    """The largest safe cut p with lo <= p < len(text), or 0 if there is none. Looks at the last
+    64 Ki characters first, where a cut almost always is.
+    >>> _last_safe_cut("one\\ntwo\\n  three", 0)
+    4
+    """
+    for start in (max(lo, len(text) - (1 << 16)), lo):
+        last = None
+        for last in _SAFE_CUT.finditer(text, start):
+            pass
+        if last is not None:
+            return last.start()
+        if start == lo:
+            break
+    return 0
+
+
+def _fast_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int] | np.ndarray]:
+    """`tokenizer.encode`, or for a plain CharTokenizer the same mapping as a numpy table lookup
+    on code points (~20x faster). Text with a character outside the vocabulary goes through
+    `encode` itself, so it fails with the usual error."""
+    if type(tokenizer) is not CharTokenizer or not all(len(c) == 1 for c in tokenizer.chars) or not tokenizer.chars:
+        return tokenizer.encode
+    codes = np.array([ord(c) for c in tokenizer.chars])
+    table = np.full(int(codes.max()) + 2, -1, dtype=np.int32)  # code point -> id; last slot: "too large"
+    table[codes] = [tokenizer.stoi[c] for c in tokenizer.chars]
+
+    def encode(text: str) -> list[int] | np.ndarray:
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = table[np.minimum(cps, len(table) - 1)]
+        return tokenizer.encode(text) if (ids < 0).any() else ids
+
+    return encode
+
+
+class _Progress:
+    """A one-line bar on stderr (bytes done / total, MB/s), drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label, self.total = label, max(total, 1)
+        self.t0 = self.last = time.perf_counter()
+        self.done_bytes = 0
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        self.done_bytes = done
+        if not self.enabled or (now - self.last < 0.1 and not force):
+            return  # redraw at most 10x a second
+        self.last = now
+        width = 30
+        filled = width * min(done, self.total) // self.total
+        rate = done / max(now - self.t0, 1e-9) / 1e6
+        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the last state and end the line (once), also when tokenizing failed."""
+        if self.enabled:
+            self.update(self.done_bytes, force=True)
+            self.stream.write("\n")
+            self.enabled = False
+
+
+# ---- splits and batches -------------------------------------------------------------------------
+
+class TokenWindows:
+    """A 1-D token stream kept in its stored dtype (a view of a uint16/uint32 memmap, or a copy of
+    it on a GPU) that hands out int64 ids: `stream[idx]` with an index tensor or a slice returns
+    a new int64 tensor. Implements what the training code uses of a token tensor: len(),
+    `.device`, `.to(device)` and indexing.
+
+    subtle: ids are indexed through a signed view of the same bytes (uint16 as int16, uint32 as
+    int32), which every device can gather, then widened and masked back to unsigned values. The
+    memmap is read-only, so this class never exposes the view for writing."""
+
+    def __init__(self, ids: np.ndarray | torch.Tensor):
+        if isinstance(ids, np.ndarray):
+            ids = _signed_tensor(ids)
+        elif ids.dtype in (torch.uint16, torch.uint32):
+            ids = ids.view(torch.int16 if ids.dtype == torch.uint16 else torch.int32)
+        self.ids = ids  # (N,) int16 / int32 / int64
+        self.mask = {torch.int16: 0xFFFF, torch.int32: 0xFFFFFFFF}.get(ids.dtype)  # None: int64, no mask
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ids.device
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.numel() * self.ids.element_size()
+
+    def __getitem__(self, key) -> torch.Tensor:
+        out = self.ids[key].to(torch.int64, copy=True)
+        if self.mask is not None:
+            out &= self.mask
+        return out
+
+    def to(self, device: torch.device | str) -> "TokenWindows":
+        """On the GPU when the stream fits (see DEVICE_SHARE), else this same host-side stream."""
+        device = torch.device(device)
+        here = self.ids.device
+        if device.type == here.type and device.index in (None, here.index):
+            return self
+        if device.type == "cpu" or _fits_on(device, self.nbytes):
+            return TokenWindows(self.ids.to(device))
+        return self
+
+
+def _signed_tensor(ids: np.ndarray) -> torch.Tensor:
+    """A torch view of a 1-D id array that shares its memory (no copy, also for a memmap)."""
+    signed = {np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}.get(ids.dtype)
+    arr = ids.view(signed) if signed is not None else ids
+    with warnings.catch_warnings():
+        # a read-only memmap: torch warns that writes would fail; TokenWindows only reads
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes <= DEVICE_SHARE * free
+    return True  # other accelerators (mps) report no free memory; keep the old behaviour
+
+
+def split_memmap(ids: np.ndarray, val_fraction: float, context: int, source: str = "dataset") -> TokenSplit:
+    """`data.split_tokens` for a memmap: the first (1 - val_fraction) of the ids for training, the
+    rest for validation, as TokenWindows that share memory with `ids` (nothing is read yet)."""
+    # subtle: run split_tokens itself on a stand-in of the same length (one zero broadcast to N
+    # elements, no memory), so the checks and their wording live in one place.
+    stand_in = torch.zeros((), dtype=torch.long).expand(len(ids))
+    n_train = len(split_tokens(stand_in, val_fraction, context, source).train)
+    return TokenSplit(TokenWindows(ids[:n_train]), TokenWindows(ids[n_train:]))
+
+
+def gather_batch(tokens: TokenWindows | np.ndarray | torch.Tensor, starts: torch.Tensor, T: int,
+                 pin: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs tokens[s : s + T] and targets tokens[s + 1 : s + T + 1] for each s in `starts` (B,),
+    as int64 (B, T) tensors on the stream's device.
+
+    For a host-side stream `pin` (default: whenever CUDA is available) puts x and y, each
+    contiguous, in page-locked memory: then `x.to("cuda", non_blocking=True)` is a true
+    asynchronous copy, and the next batch can be gathered while the GPU trains on this one.
+    (A non-contiguous or pageable source makes that copy synchronous.)"""
+    stream = tokens if isinstance(tokens, TokenWindows) else TokenWindows(tokens)
+    dev = stream.device
+    idx = starts.to(dev, torch.int64)[:, None] + torch.arange(T + 1, device=dev)  # (B, T + 1)
+    window = stream[idx]  # (B, T + 1) int64
+    if pin is None:
+        pin = dev.type == "cpu" and torch.cuda.is_available()
+    if not pin:
+        return window[:, :-1], window[:, 1:]
+    x = torch.empty((len(idx), T), dtype=torch.int64, pin_memory=True)  # (B, T)
+    y = torch.empty((len(idx), T), dtype=torch.int64, pin_memory=True)  # (B, T)
+    x.copy_(window[:, :-1])
+    y.copy_(window[:, 1:])
+    return x, y
