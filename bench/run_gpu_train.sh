@@ -41,6 +41,8 @@ for run in "$@"; do
     d3_wd) ttl $run $NANO --dropout 0.3 --weight-decay 1.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
     d3_wd1_t35) ttl $run $NANO --dropout 0.3 --weight-decay 1.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 35 --eval-interval 200 --cuda-graph ;;
     d35_wd2_t45) ttl $run $NANO --dropout 0.35 --weight-decay 2.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 45 --eval-interval 200 --cuda-graph ;;
+    d4_wd3_t50) ttl $run $NANO --dropout 0.4 --weight-decay 3.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
+    d35_wd3_t50) ttl $run $NANO --dropout 0.35 --weight-decay 3.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
     speedrun) ttl $run --preset speedrun ;;
     gen) python3 bench/bench_generate.py ${GEN_ARGS:---device cuda} 2>&1 | tail -25 ;;
     *) echo "unknown run $run" ;;

@@ -68,8 +68,9 @@ RESUME = ["train", *TRAIN_TINY, "--resume", "-d", "corpus.txt", "-o", "out.model
 
 def NUM(flag: str, value: str, *words: str, cmd: str = "train") -> "Case":
     """A numeric flag out of range; the error must name the flag and the value given."""
-    if cmd == "train":
-        argv, files = T("train", *TRAIN_TINY, flag, value, "-d", "corpus.txt", "-o", "out.model"), CORPUS_FILE
+    if cmd.startswith("train"):
+        bpe = ["--tokenizer", "bpe"] if cmd == "train-bpe" else []
+        argv, files = T("train", *TRAIN_TINY, *bpe, flag, value, "-d", "corpus.txt", "-o", "out.model"), CORPUS_FILE
     elif cmd == "tokenizer":
         argv, files = T("tokenizer", "train", flag, value, "-d", "corpus.txt", "-o", "tok.json"), CORPUS_FILE
     elif cmd == "eval":
@@ -167,7 +168,7 @@ CASES = [
     NUM("--grad-clip", "-1", "--grad-clip", "-1.0"), NUM("--eval-interval", "-1"), NUM("--val-fraction", "1", "--val-fraction", "1.0"),
     NUM("--log-interval", "0"), NUM("--checkpoint-every", "-1"), NUM("--checkpoint-minutes", "-1", "--checkpoint-minutes", "-1.0"),
     NUM("--keep-checkpoints", "0"), NUM("--heads", "0"), NUM("--embd", "0"), NUM("--context", "0"), NUM("--ff", "-1"),
-    NUM("--dropout", "1", "--dropout", "1.0"), NUM("--softcap", "-1", "--softcap", "-1.0"), NUM("--vocab-size", "10", "--vocab-size", "10", "260"),
+    NUM("--dropout", "1", "--dropout", "1.0"), NUM("--softcap", "-1", "--softcap", "-1.0"), NUM("--vocab-size", "10", "--vocab-size", "10", "260", cmd="train-bpe"),
     NUM("--repetition-penalty", "0", "--repetition-penalty", "0.0", cmd="generate"), NUM("--num-samples", "0", cmd="generate"),
     NUM("--threads", "-1", cmd="generate"), NUM("--batch-size", "0", cmd="eval"), NUM("--vocab-size", "5", cmd="tokenizer"),
     # ---- conflicting flags

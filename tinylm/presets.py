@@ -2,7 +2,7 @@
 
 tiny/small/medium follow seed 001's table; classic is seed 000's TinyLM model and trainer; cpu
 is a small char model tuned for a 2-core machine; speedrun is the fastest recipe we measured to
-val loss 1.47 on tiny Shakespeare on one GPU (bench/RESULTS.md). A preset only fills in values
+val loss 1.47 on tiny Shakespeare on one GPU, speedrun60 the best within a minute (bench/RESULTS.md). A preset only fills in values
 the user did not give as flags. Used by the entry points (cli.py, main.py), not by the library.
 """
 
@@ -24,6 +24,10 @@ PRESETS: dict[str, dict] = {
     "speedrun": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.2,
                      batch_size=64, lr=2e-3, min_lr=2e-4, beta2=0.99, warmup_steps=50, weight_decay=0.1,
                      time_budget=16.0, eval_interval=100),
+    # best validation loss within a minute: the same model, regularised harder (dropout, weight decay)
+    "speedrun60": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.35,
+                       batch_size=64, lr=1e-3, min_lr=1e-4, beta2=0.99, warmup_steps=100, weight_decay=3.0,
+                       time_budget=50.0, eval_interval=200),
 }
 
 # Above this many block parameters a step is limited by GPU arithmetic, not by how fast Python can

@@ -284,7 +284,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 - every way a file can be damaged or hostile
         import pickle  # noqa: PLC0415
 
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+        # torch's restricted unpickler names the class or function a file asks for ("Unsupported
+        # global: GLOBAL io.open ..."): that is a file built to run code, or another program's
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise _bad_checkpoint(p, "was refused: it holds Python objects, not just tensors and plain values, so loading "
                                      "it could run code; only resume from checkpoints tinylm wrote") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
