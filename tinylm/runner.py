@@ -177,8 +177,13 @@ def _resume_or_continue(job: TrainJob, data_sha: str) -> Start:
     else continue from MODEL's weights (a new optimizer, schedule and data order)."""
     init = Path(job.init_model)
     found, problems = latest_usable(checkpoint_dir(init))
-    if found is not None and not init.exists():
-        return _checkpoint_start(*found)  # killed before the model file was first written
+    if found is not None and not init.exists():  # killed before the model file was first written
+        path, state = found
+        diffs = mismatches(state, asdict(job.train), state["model_config"], data_sha)
+        if diffs:
+            raise UsageError(f"{init} does not exist, and its checkpoint {path} does not fit this run ({'; '.join(diffs)}); "
+                             "give the data and settings it was trained with, or drop -m to train a new model")
+        return _checkpoint_start(path, state)
     loaded = load_model(init)
     start = Start(loaded.model, loaded.tokenizer, notes=[f"Skipping {p}" for p in problems])
     if found is None:

@@ -31,7 +31,7 @@ from .device import autocast_dtype, configure, resolve_device
 from .errors import UsageError
 from .log import Progress, log
 from .model import GPT
-from .optim import Optimizers, clip_and_check, make_optimizer, optimizer_step, param_groups  # noqa: F401 - re-exported
+from .optim import clip_and_check, make_optimizer, optimizer_step, param_groups
 from .schedule import PlateauState, cosine_lr, plateau_update
 from .tokenizers import Tokenizer
 
@@ -289,7 +289,8 @@ class Trainer:
             while not (stop.set or self._done()):
                 self._step(progress)
                 if res.steps % cfg.log_interval == 0 and self._check_faults():
-                    continue  # rolled back: go on from the checkpoint's position
+                    progress.mark = (time.time(), res.tokens)  # rolled back: the token count went back too
+                    continue  # ... and training goes on from the checkpoint's position
                 if self.pos == self.steps_per_epoch or stop.set or self._done():
                     self._end_epoch(progress, stop.set)
                 if not (stop.set or self._done()) and self._checkpoint_due():

@@ -92,7 +92,8 @@ def rng_state() -> dict:
             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
                       "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            # only if a GPU is in use: asking would start CUDA (seconds, and memory) for a CPU run
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []}
 
 
 def set_rng_state(s: dict) -> None:
@@ -169,6 +170,7 @@ def restore_trainer(t, s: dict) -> None:
     t.epoch_loss.copy_(loop["epoch_loss"])
     t.epoch_ok.copy_(loop["epoch_ok"])
     t.skipped.fill_(loop["skipped"])
+    t.skips_logged = loop["skipped"]
     t.elapsed_before, t.best_ckpt_val = loop["elapsed"], loop["best_ckpt_val"]
     t.plateau, t.warmup_progress = PlateauState(**sched["plateau"]), sched["warmup_progress"]
     t.lr_scale, t.rollbacks = sched["lr_scale"], sched["rollbacks"]
@@ -216,7 +218,8 @@ def rollback(t, bad: int) -> None:
         raise UsageError(f"training diverged: {bad} steps in a row up to step {step} had a non-finite loss or gradient, "
                          f"after {t.rollbacks} rollback(s) with a lower learning rate; try a lower --lr (now {cfg.lr:g}), "
                          "a longer --warmup or --grad-clip 1")
-    rollbacks, scale, skipped = t.rollbacks + 1, t.lr_scale * 0.5, int(t.skipped)
+    # what a rollback keeps: the count of rollbacks and skips, and the time spent (a --time budget is not given back)
+    rollbacks, scale, skipped, elapsed_before = t.rollbacks + 1, t.lr_scale * 0.5, int(t.skipped), t.elapsed_before
     found, problems = latest_usable(t.ckpt_dir, exclude=set(t.replace_ckpts)) if t.ckpt_dir is not None else (None, [])
     for problem in problems:
         log.warning("Skipping %s", problem)
@@ -225,7 +228,7 @@ def rollback(t, bad: int) -> None:
         where = f"checkpoint {found[0]} (step {t.result.steps})"
     else:
         where = "the current weights (no checkpoint yet)"
-    t.rollbacks, t.lr_scale = rollbacks, scale
+    t.rollbacks, t.lr_scale, t.elapsed_before, t.skips_logged = rollbacks, scale, elapsed_before, skipped
     t.skipped.fill_(skipped)
     t.bad_run.zero_()
     log.warning("%d steps in a row had a non-finite loss or gradient: rolled back to %s with the learning rate "
@@ -248,6 +251,8 @@ def save_checkpoint(folder: Path, state: dict, keep: int, best: bool = False, re
     for old in replace:
         if old != path and not (best and old.name == BEST):
             old.unlink(missing_ok=True)
+    for stray in [*folder.glob(".step-*.ckpt.tmp*"), *folder.glob(f".{BEST}.*")]:  # left by a run killed mid-save
+        stray.unlink(missing_ok=True)
     for _, old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return path
@@ -289,8 +294,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
             raise _bad_checkpoint(p, "was refused: it holds Python objects, not just tensors and plain values, so loading "
                                      "it could run code; only resume from checkpoints tinylm wrote") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-        raise _bad_checkpoint(p, f"is damaged or not a tinylm checkpoint ({first}); resume from an earlier one") from None
+        why = "a truncated or corrupt archive" if "zip archive" in str(e) else "not a file torch.save wrote"
+        raise _bad_checkpoint(p, f"is damaged or not a tinylm checkpoint ({why}); resume from an earlier one") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise _bad_checkpoint(p, f"is not a tinylm training checkpoint (format {state.get('format') if isinstance(state, dict) else None!r}, "
                                  f"expected {FORMAT!r})")
