@@ -46,6 +46,18 @@ def make_text(n_chars: int, seed: int = 0) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """In-process runs cache token files under $TINYLM_CACHE: keep them out of ~/.cache."""
+    old = os.environ.get("TINYLM_CACHE")
+    os.environ["TINYLM_CACHE"] = str(tmp_path_factory.mktemp("tinylm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("TINYLM_CACHE", None)
+    else:
+        os.environ["TINYLM_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_cpu_thread():
     """Tiny models run as fast on one thread, and on a busy 2-core CI machine a second intra-op
     thread makes every step stall. TINYLM_THREADS keeps Trainer (device.configure) at one too."""

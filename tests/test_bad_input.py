@@ -292,6 +292,9 @@ def snapshot(folder: Path) -> dict[str, tuple]:
     """Every file and folder under `folder`: (mtime_ns, sha256) for files, 'dir' for folders."""
     out = {}
     for root, dirs, files in os.walk(folder):
+        # tinylm's own cache ($TINYLM_CACHE, placed here by cli_env) is not the user's: a run may
+        # leave a content-keyed token file there even when it then rejects the dataset
+        dirs[:] = [d for d in dirs if not (root == str(folder) and d == ".tinylm-cache")]
         for d in dirs:
             out[os.path.relpath(os.path.join(root, d), folder)] = "dir"
         for f in files:

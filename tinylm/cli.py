@@ -41,6 +41,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "the latest weights also go to <name>.last.model")
     p.add_argument("-m", "--model", help="continue training from this model file (its tokenizer and shape are kept)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--qa", action="store_true", help="the dataset is a Q&A JSON file: a list of {\"question\": ..., "
+                   "\"answer\": ...}, trained as <BOS>Question: q\\nAnswer: a<EOS> (then use `tinylm chat`)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size and training defaults (default: tiny)")
     g = p.add_argument_group("model (defaults come from --preset)")
     g.add_argument("--layers", type=int, help="transformer blocks")
@@ -171,7 +173,7 @@ def job_from_args(args: argparse.Namespace):
         raise UsageError("model-shape flags (--layers, --embd, ...) cannot change a model given with -m; drop them, or drop -m to train a new model")
     return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
                     model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
-                    tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume,
+                    tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume, qa=args.qa,
                     ignore_mismatch=args.ignore_mismatch)
 
 

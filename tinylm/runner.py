@@ -19,8 +19,11 @@ from pathlib import Path
 
 from . import __version__
 from .checkpoint import load_model
+from .chat import format_qa, load_qa_json
 from .corpus import default_corpus
 from .data import read_text, split_tokens
+from .tokenfile import split_memmap, token_file
+from .tokenizers.base import BOS, EOS
 from .device import resolve_device
 from .errors import UsageError
 from .log import banner, log, summary
@@ -48,6 +51,7 @@ class TrainJob:
     resume: str | None = None  # "auto" = the output's checkpoint folder; else a checkpoint file or folder
     resume_or_continue: bool = False  # main.py -t -m: resume init_model's checkpoint if one fits, else its weights
     ignore_mismatch: bool = False  # resume even if the data or config differ from the checkpoint's
+    qa: bool = False  # the dataset is a Q&A JSON file (seed 001), trained as <BOS>Question: q\nAnswer: a<EOS>
 
 
 @dataclass
@@ -239,18 +243,24 @@ def run_training(job: TrainJob) -> TrainResult:
     # Everything that can fail on bad input is checked before the first log line, so a mistake
     # costs one clear error line and nothing else.
     dataset = Path(job.dataset) if job.dataset else default_corpus()
-    text = read_text(dataset)
+    if job.qa:
+        text = "".join(format_qa(q, a) for q, a in load_qa_json(dataset))
+    else:
+        text = read_text(dataset)
     out = resolve_output(job, dataset)
     device = resolve_device(job.train.device)
     if job.train.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
     seed_everything(job.train.seed)
     data_sha = text_sha256(text)
-    start = _starting_point(job, text, out, data_sha)
+    # the tokenizer is built from the text without the Q&A markers, which are special tokens
+    start = _starting_point(job, text.replace(BOS, "").replace(EOS, "") if job.qa else text, out, data_sha)
     model, tokenizer = start.model, start.tokenizer
-    ids = tokenizer.encode(text)
     T = model.cfg.context_size
-    split = split_tokens(ids, job.train.val_fraction, T, source=f"dataset {dataset}")
+    if job.qa:
+        split = split_tokens(tokenizer.encode(text, allow_special=True), job.train.val_fraction, T, source=f"Q&A file {dataset}")
+    else:  # tokenized once into a memory-mapped file, cached by content and tokenizer (tokenfile.py)
+        split = split_memmap(token_file(dataset, tokenizer), job.train.val_fraction, T, source=f"dataset {dataset}")
 
     out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
     banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", device.type)])
