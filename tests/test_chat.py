@@ -27,14 +27,6 @@ from tinylm.tokenizers.bpe import train_bpe
 EOS = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tok() -> CharTokenizer:
     return CharTokenizer.train(make_text(3000) + "QA:?")

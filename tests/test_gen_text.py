@@ -20,14 +20,6 @@ from tinylm.tokenizers.bpe import train_bpe
 WIDE = "héllo wörld, 日本語のテキスト 🎉🙂 naïve café ß Ω ≈ 中文 😀!\n" * 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def char_tok() -> CharTokenizer:
     return CharTokenizer.train(WIDE)

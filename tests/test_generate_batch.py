@@ -16,15 +16,6 @@ V = 40
 NEG = float("-inf")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode fastest on one thread, and a busy CI machine makes a second one stall."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def prompt_ids(B: int, T: int = 4, seed: int = 0) -> torch.Tensor:
     row = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(seed))
     return row.expand(B, T).contiguous()

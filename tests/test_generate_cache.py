@@ -24,15 +24,6 @@ VARIANTS = [dict(positions=p) for p in POSITIONS] + [
 IDS = ["-".join(f"{k}={v}" for k, v in v.items()) for v in VARIANTS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models decode fastest on one thread, and a busy CI machine makes a second one stall."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tokens(B: int, T: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
