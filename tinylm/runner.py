@@ -22,7 +22,7 @@ from .checkpoint import load_model
 from .chat import format_qa, load_qa_json
 from .corpus import default_corpus
 from .data import read_text, split_tokens
-from .tokenfile import split_memmap, token_file
+from .tokenfile import TextInfo, scan_text, split_memmap, token_file
 from .tokenizers.base import BOS, EOS
 from .device import resolve_device
 from .errors import UsageError
@@ -109,9 +109,12 @@ def resolve_output(job: TrainJob, dataset: Path) -> Path:
     return out
 
 
-def build_tokenizer(job: TrainJob, text: str) -> Tokenizer:
+def build_tokenizer(job: TrainJob, source: str | TextInfo) -> Tokenizer:
+    """A new tokenizer for the training text: `source` is the text itself, or a streamed scan of
+    the file (enough for a char vocabulary; BPE training then reads the file whole)."""
     if job.tokenizer == "char":
-        return CharTokenizer.train(text)
+        return CharTokenizer(sorted(source.chars)) if isinstance(source, TextInfo) else CharTokenizer.train(source)
+    text = read_text(source.path) if isinstance(source, TextInfo) else source
     if job.tokenizer == "bpe":
         from .tokenizers.bpe import train_bpe  # noqa: PLC0415 - optional path
 
@@ -219,7 +222,7 @@ def _earlier_checkpoints(job: TrainJob, out: Path, start: Start) -> list[Path]:
     return [p for _, p in found] + ([folder / BEST] if (folder / BEST).exists() else [])
 
 
-def _starting_point(job: TrainJob, text: str, out: Path, data_sha: str) -> Start:
+def _starting_point(job: TrainJob, text: str | TextInfo, out: Path, data_sha: str) -> Start:
     if job.resume is not None and job.init_model is not None:
         raise UsageError("--resume continues a checkpoint and -m starts from a model's weights; choose one")
     if job.ignore_mismatch and job.resume is None:
@@ -245,27 +248,28 @@ def run_training(job: TrainJob) -> TrainResult:
     dataset = Path(job.dataset) if job.dataset else default_corpus()
     if job.qa:
         text = "".join(format_qa(q, a) for q, a in load_qa_json(dataset))
-    else:
-        text = read_text(dataset)
+        data_sha, nbytes = text_sha256(text), len(text.encode("utf-8"))
+        # the tokenizer is built from the text without the Q&A markers, which are special tokens
+        source: str | TextInfo = text.replace(BOS, "").replace(EOS, "")
+    else:  # one streamed pass: checks, hash, characters; the text is never held whole for a char model
+        source = info = scan_text(dataset)
+        data_sha, nbytes = info.sha256, info.nbytes
     out = resolve_output(job, dataset)
     device = resolve_device(job.train.device)
     if job.train.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
     seed_everything(job.train.seed)
-    data_sha = text_sha256(text)
-    # the tokenizer is built from the text without the Q&A markers, which are special tokens
-    start = _starting_point(job, text.replace(BOS, "").replace(EOS, "") if job.qa else text, out, data_sha)
+    start = _starting_point(job, source, out, data_sha)
     model, tokenizer = start.model, start.tokenizer
     T = model.cfg.context_size
     if job.qa:
         split = split_tokens(tokenizer.encode(text, allow_special=True), job.train.val_fraction, T, source=f"Q&A file {dataset}")
     else:  # tokenized once into a memory-mapped file, cached by content and tokenizer (tokenfile.py)
-        split = split_memmap(token_file(dataset, tokenizer), job.train.val_fraction, T, source=f"dataset {dataset}")
+        split = split_memmap(token_file(dataset, tokenizer, info), job.train.val_fraction, T, source=f"dataset {dataset}")
 
     out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
     banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", device.type)])
     log.info("Loading dataset...")
-    nbytes = len(text.encode("utf-8"))
     log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
     for note in start.notes:
         log.info("%s", note)
