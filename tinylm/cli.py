@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .log import log, setup_logging
-from .presets import PRESETS  # noqa: F401 - names for --preset
+from .presets import PRESETS
 
 # flag dest -> GPTConfig field
 MODEL_FLAGS = {"layers": "n_layer", "heads": "n_head", "embd": "n_embd", "context": "context_size", "ff": "d_ff",
