@@ -8,6 +8,7 @@ get TINYLM_CACHE / XDG_CACHE_HOME pointed at a temporary folder so ~/.cache is n
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -158,3 +159,18 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
 def cli():
     """The `run_cli(args, cwd, env=None)` helper as a fixture."""
     return run_cli
+
+
+@pytest.fixture
+def messages():
+    """Log messages of the "tinylm" logger during the test."""
+    got: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: got.append(record.getMessage())
+    logger = logging.getLogger("tinylm")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    yield got
+    logger.removeHandler(handler)
+    logger.setLevel(old)

@@ -7,7 +7,6 @@ checkpoint intact; running out of GPU memory is one line suggesting a smaller ba
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 
@@ -48,20 +47,6 @@ class Poisoned:
 
     def __getattr__(self, name):
         return getattr(self.model, name)
-
-
-@pytest.fixture
-def messages():
-    got: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: got.append(record.getMessage())
-    logger = logging.getLogger("tinylm")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 def make_trainer(folder, **kw) -> Trainer:

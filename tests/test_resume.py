@@ -5,7 +5,6 @@ command resumes, and what it refuses."""
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shutil
@@ -197,21 +196,6 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
 
 
 # ---------------------------------------------------------------- the runner: which checkpoint, and refusals
-
-@pytest.fixture
-def messages():
-    """Log messages of the "tinylm" logger during the test."""
-    got: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: got.append(record.getMessage())
-    logger = logging.getLogger("tinylm")
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    yield got
-    logger.removeHandler(handler)
-    logger.setLevel(old)
-
 
 MODEL = dict(n_layer=1, n_head=2, n_embd=32, context_size=16, d_ff=64, dropout=0.1)
 
