@@ -79,22 +79,25 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     fwd = model
     if variant == "regional":
         model.compile_blocks()
-    elif variant == "full":
+    elif variant in ("full", "graphfull"):
         fwd = torch.compile(model, dynamic=False)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
-    if variant == "graph":  # tinylm's --cuda-graph step: the same AdamW, clipping and bf16 autocast
-        from tinylm.graph_step import GraphedStep
-        from tinylm.train import TrainConfig
+    from tinylm.train import TrainConfig, param_groups, train_step
 
-        g = GraphedStep(model, [{"params": list(model.parameters()), "weight_decay": 0.1}],
-                        TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95), torch.bfloat16, (B, T))
+    tc = TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0)
+    if variant in ("graph", "graphfull"):  # tinylm's --cuda-graph step (graphfull: recording the compiled forward)
+        from tinylm.graph_step import GraphedStep
+
+        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (B, T), forward=fwd)
 
         def step():
             g([(x, y)], 6e-4)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        step = make_step(fwd, (x, y), opt, lambda m, a, b: m(a, b)[1])
+    else:  # tinylm's eager step: the same clipping folded into fused AdamW, bf16 autocast
+        opt = torch.optim.AdamW(param_groups(model, tc), lr=6e-4, betas=(0.9, 0.95), fused=True)
+
+        def step():
+            train_step(fwd, opt, [(x, y)], tc, torch.device("cuda"), torch.bfloat16)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     step()

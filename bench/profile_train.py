@@ -27,7 +27,7 @@ def build(args, variant):
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab, context_size=args.context, n_layer=args.layers, n_head=args.heads,
                     n_embd=args.embd, d_ff=args.ff, dropout=args.dropout, positions=args.positions,
-                    activation=args.activation, qk_norm=args.qk_norm)
+                    activation=args.activation, qk_norm=args.qk_norm, bias=not args.no_bias)
     model = GPT(cfg).cuda()
     tc = TrainConfig(max_steps=1, optimizer=args.optimizer, lr=1e-3)
     opt = make_optimizer(model, tc, torch.device("cuda"))
@@ -38,11 +38,13 @@ def build(args, variant):
         fwd = torch.compile(model, dynamic=False)
     elif variant == "full-ro":
         fwd = torch.compile(model, dynamic=False, mode="reduce-overhead")
-    elif variant == "graph":
+    elif variant in ("graph", "graphfull"):  # graphfull: the CUDA graph records the compiled forward
         from tinylm.graph_step import GraphedStep
         from tinylm.train import param_groups
 
-        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (args.batch, args.context))
+        if variant == "graphfull":
+            fwd = torch.compile(model, dynamic=False)
+        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (args.batch, args.context), forward=fwd)
         return model, g, g.opt, tc
     return model, fwd, opt, tc
 
@@ -53,7 +55,7 @@ def run(args, variant, profile=False):
     model, fwd, opt, tc = build(args, variant)
 
     def train_step(fwd, opt, mb, tc, dev, dtype):
-        if variant == "graph":
+        if variant in ("graph", "graphfull"):
             return fwd(mb, 1e-3)
         if variant == "full-ro":
             torch.compiler.cudagraph_mark_step_begin()
@@ -89,6 +91,37 @@ def run(args, variant, profile=False):
                 train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
             torch.cuda.synchronize()
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
+        categories(p, 5)
+
+
+# kernel-name fragments -> category, first match wins (names from the H200 profiles in RESULTS.md)
+CATEGORIES = [("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+              ("matmul", ("gemm", "sm90_", "cutlass", "nvjet", "ampere_", "cublas")),
+              ("optimizer", ("adam", "multi_tensor", "foreach", "norm_kernel", "lpnorm")),
+              ("fused (triton)", ("triton",)),
+              ("elementwise / reduce (aten)", ("elementwise", "reduce", "vectorized", "softmax", "cross", "nll", "embedding", "index"))]
+
+
+def categories(p, steps: int) -> None:
+    """GPU time per step summed by kernel category (only device-side kernel events)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    names: dict[str, dict[str, float]] = {}
+    for e in p.events():
+        if getattr(e, "device_type", None) is None or str(e.device_type) != "DeviceType.CUDA":
+            continue
+        name = e.name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        sums[cat] = sums.get(cat, 0.0) + e.time_range.elapsed_us() / 1e3
+        counts[cat] = counts.get(cat, 0) + 1
+        names.setdefault(cat, {})
+        names[cat][e.name[:80]] = names[cat].get(e.name[:80], 0.0) + e.time_range.elapsed_us() / 1e3
+    total = sum(sums.values())
+    print(f"GPU kernel time per step by category (sum {total / steps:.2f} ms/step):")
+    for cat, ms in sorted(sums.items(), key=lambda kv: -kv[1]):
+        print(f"  {cat:30} {ms / steps:7.2f} ms  {counts[cat] / steps:6.0f} kernels")
+        for name, t in sorted(names[cat].items(), key=lambda kv: -kv[1])[:4]:
+            print(f"      {t / steps:6.2f} ms  {name}")
 
 
 def main():
@@ -109,7 +142,15 @@ def main():
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--sdpa", default="", help="SDPA backends in priority order, e.g. cudnn,flash (default: PyTorch's)")
+    p.add_argument("--no-bias", action="store_true")
     args = p.parse_args()
+    if args.sdpa:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+        sdpa_kernel([names[n] for n in args.sdpa.split(",")], set_priority=True).__enter__()
     t = time.time()
     torch.zeros(1, device="cuda")
     t_cuda = time.time() - t

@@ -172,8 +172,6 @@ CASES = [
     NUM("--repetition-penalty", "0", "--repetition-penalty", "0.0", cmd="generate"), NUM("--num-samples", "0", cmd="generate"),
     NUM("--threads", "-1", cmd="generate"), NUM("--batch-size", "0", cmd="eval"), NUM("--vocab-size", "5", cmd="tokenizer"),
     # ---- conflicting flags
-    Case("tinylm-cuda-graph-and-compile", T("train", *TRAIN_TINY, "--cuda-graph", "--compile", "model", "-d", "corpus.txt", "-o", "out.model"),
-         CORPUS_FILE, ["--cuda-graph", "--compile"]),
     Case("tinylm-cuda-graph-and-muon", T("train", *TRAIN_TINY, "--cuda-graph", "--optimizer", "muon", "-d", "corpus.txt", "-o", "out.model"),
          CORPUS_FILE, ["--cuda-graph", "adamw"]),
     Case("tinylm-cuda-graph-on-cpu", T("train", *TRAIN_TINY, "--cuda-graph", "--device", "cpu", "-d", "corpus.txt", "-o", "out.model"),

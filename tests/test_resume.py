@@ -111,7 +111,8 @@ def make_trainer(folder: Path, **kw) -> Trainer:
     dict(),
     dict(schedule="plateau", grad_accum=2, eval_interval=0, checkpoint_every=7, warmup_steps=3),  # crosses an epoch end
     dict(optimizer="muon", epochs=0, max_steps=30, grad_clip=0.0),
-], ids=["cosine", "plateau-accum-epochs", "muon-noclip"])
+    dict(ema=0.9),  # the weight average is part of the state: the saved/evaluated models match too
+], ids=["cosine", "plateau-accum-epochs", "muon-noclip", "ema"])
 def test_resuming_from_any_checkpoint_is_bit_identical(tmp_path, kw):
     whole = make_trainer(tmp_path / "whole", **kw)
     res = whole.run()

@@ -225,6 +225,7 @@ def test_grad_accum_in_trainer_counts_tokens(corpus_text, tmp_path):
     (dict(max_steps=1, lr=0), "--lr"), (dict(max_steps=1, min_lr=1.0), "--min-lr"),
     (dict(max_steps=1, schedule="linear"), "--schedule"), (dict(max_steps=1, val_fraction=1.0), "--val-fraction"),
     (dict(max_steps=1, grad_accum=0), "--grad-accum"), (dict(max_steps=-1), "--steps"),
+    (dict(max_steps=1, ema=1.0), "--ema"), (dict(max_steps=1, ema=-0.5), "--ema"),
 ])
 def test_train_config_rejects_bad_values(kw, flag):
     with pytest.raises(UsageError, match=flag):
@@ -238,3 +239,43 @@ def test_train_step_returns_mean_micro_batch_loss():
         want = sum(F.cross_entropy(model(x)[0].view(-1, 64), y.view(-1)) for x, y in micro) / 3
     got = train_step(model, RecordingOptimizer(model), micro, TrainConfig(max_steps=1), CPU, None)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- weight averaging (--ema)
+
+def test_ema_update_follows_its_formula_and_applied_restores_the_weights():
+    from tinylm.ema import EMA
+
+    w = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    ema = EMA([w], decay=0.9)
+    want = w.detach().clone()
+    for n, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0], start=1):
+        with torch.no_grad():
+            w.fill_(value)
+        ema.update()
+        d = min(0.9, (1 + n) / (10 + n))  # warm-up, then the decay
+        want = d * want + (1 - d) * value
+        torch.testing.assert_close(ema.shadow[0], want)
+    raw = w.detach().clone()
+    with ema.applied():
+        torch.testing.assert_close(w.detach(), want)
+    assert torch.equal(w.detach(), raw)
+
+
+def test_trainer_with_ema_evaluates_and_saves_the_average_but_trains_the_raw_weights(corpus_text, tmp_path):
+    trainer, split = make_trainer(corpus_text, tmp_path, max_steps=40, eval_interval=20, ema=0.9)
+    res = trainer.run()
+    best = load_model(tmp_path / "m.model")
+    assert evaluate(best.model, split.val, 16, 8, CPU) == pytest.approx(res.best_val, rel=1e-5)
+    average = dict(zip([n for n, _ in trainer.model.named_parameters()], trainer.ema.shadow))
+    raw = dict(trainer.model.named_parameters())
+    # the run ends with a validation at step 40, so one of the two files holds the final average
+    saved = best.model.state_dict()
+    if best.meta["steps"] == 40:
+        for name, v in average.items():
+            assert torch.equal(saved[name], v), name
+    # training moved the raw weights away from their average; the last file holds the raw ones
+    assert any(not torch.equal(average[n], raw[n].detach()) for n in raw)
+    last = load_model(tmp_path / "m.last.model").model.state_dict()
+    for name, p in raw.items():
+        assert torch.equal(last[name], p.detach()), name

@@ -28,7 +28,7 @@ MODEL_FLAGS = {"layers": "n_layer", "heads": "n_head", "embd": "n_embd", "contex
 TRAIN_FLAGS = {"epochs": "epochs", "steps": "max_steps", "time": "time_budget", "batch_size": "batch_size",
                "grad_accum": "grad_accum", "lr": "lr", "min_lr": "min_lr", "warmup": "warmup_steps",
                "schedule": "schedule", "patience": "patience", "optimizer": "optimizer", "beta1": "beta1", "beta2": "beta2",
-               "weight_decay": "weight_decay", "grad_clip": "grad_clip", "eval_interval": "eval_interval",
+               "weight_decay": "weight_decay", "grad_clip": "grad_clip", "ema": "ema", "eval_interval": "eval_interval",
                "val_fraction": "val_fraction", "seed": "seed", "device": "device", "dtype": "dtype",
                "compile": "compile", "cuda_graph": "cuda_graph", "log_interval": "log_interval",
                "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes",
@@ -76,6 +76,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta2", type=float, help="AdamW beta2")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (0 = off)")
+    g.add_argument("--ema", type=float, help="evaluate and save a moving average of the weights with this decay, "
+                   "e.g. 0.995 (0 = off, the default)")
     g.add_argument("--eval-interval", type=int, help="steps between validations (0 = once per epoch)")
     g.add_argument("--val-fraction", type=float, help="fraction of the text (at its end) held out for validation")
     g.add_argument("--seed", type=int, help="random seed")
@@ -85,7 +87,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile for training: model (whole forward+loss), blocks (each block; faster to compile), "
                         "off; auto (default) = model on CUDA, off on CPU")
     g.add_argument("--cuda-graph", action="store_true", default=None,
-                   help="replay the whole training step as one CUDA graph (CUDA, AdamW; instead of --compile)")
+                   help="replay the whole training step as one CUDA graph (CUDA, AdamW); with --compile model the graph "
+                        "records the compiled kernels")
     g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
     g = p.add_argument_group("checkpoints and resuming (checkpoints go to <output>.ckpt/)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = off, the default)")
@@ -245,20 +248,19 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch  # noqa: PLC0415
-
     from .checkpoint import load_model  # noqa: PLC0415
-    from .data import read_text  # noqa: PLC0415
     from .device import resolve_device  # noqa: PLC0415
+    from .tokenfile import scan_text, token_file  # noqa: PLC0415
     from .train import evaluate  # noqa: PLC0415
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
     loaded = load_model(args.model, device)
-    text = read_text(args.dataset)
-    kwargs = {"unknown": "replace"} if loaded.tokenizer.kind == "char" else {}
-    ids = torch.tensor(loaded.tokenizer.encode(text, **kwargs), dtype=torch.long)
+    # Streamed into the memory-mapped token cache, then evaluated window by window: the text and
+    # its ids are never held whole. A character a char model never saw counts as <UNK>.
+    info = scan_text(args.dataset)
+    ids = token_file(args.dataset, loaded.tokenizer, info, unknown="replace")
     if len(ids) < 2:
         raise UsageError(f"dataset {args.dataset} has fewer than 2 tokens; nothing to evaluate")
     loss = evaluate(loaded.model, ids, loaded.model.cfg.context_size, args.batch_size, device)
@@ -267,15 +269,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tokenizer(args) -> int:
-    from .data import read_text  # noqa: PLC0415
-    from .tokenizers.bpe import train_bpe  # noqa: PLC0415
+    from .tokenfile import train_bpe_file  # noqa: PLC0415
 
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UsageError(f"output {out} already exists; choose another -o or pass --force to overwrite")
     if not out.parent.is_dir():
         raise UsageError(f"output folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another -o")
-    tok = train_bpe(read_text(args.dataset), args.vocab_size, pattern=args.pattern)
+    tok = train_bpe_file(args.dataset, args.vocab_size, pattern=args.pattern)  # streamed: the text is never held whole
     tok.save(out)
     log.info("Saved a BPE tokenizer with %d tokens to %s", tok.vocab_size, out)
     return 0

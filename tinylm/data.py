@@ -3,7 +3,8 @@
 Owns reading a user's text file (with the checks that turn bad files into clear errors), the
 train/validation split, and the two ways of cutting a token stream into model inputs:
 `ChunkBatches` (epochs over non-overlapping context-sized chunks, seed 000) and
-`eval_windows` (every validation token exactly once). It knows nothing about models.
+`eval_windows` (every validation token exactly once, batch by batch, also from a memmap). It
+knows nothing about models.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .errors import UsageError
@@ -98,22 +100,29 @@ class ChunkBatches:
             yield chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_windows(tokens: torch.Tensor, context: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_windows(tokens: torch.Tensor | np.ndarray, context: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Cover every token of `tokens` after the first exactly once as a target: consecutive
     windows of `context` inputs, the last one padded (inputs 0, targets -1 = ignored). Every
-    batch is (batch_size, context) so the eval step keeps one shape."""
-    T = context
+    batch is (batch_size, context) so the eval step keeps one shape.
+
+    `tokens` is an int64 tensor, a `tokenfile.TokenWindows`, or a 1-D numpy array such as a
+    token-file memmap; each batch reads only its own ids, so nothing the size of the stream is
+    built. e.g. 10 tokens, context 4, batch 2: targets 1..9 go to windows [1-4] [5-8] [9 + 3
+    pads] and a fully padded fourth, in batches of two windows."""
+    T, B = context, batch_size
     n_targets = len(tokens) - 1
     n_windows = (n_targets + T - 1) // T
-    padded_x = torch.zeros(n_windows * T, dtype=torch.long)
-    padded_y = torch.full((n_windows * T,), -1, dtype=torch.long)
-    padded_x[:n_targets] = tokens[:-1]
-    padded_y[:n_targets] = tokens[1:]
-    xs, ys = padded_x.view(n_windows, T), padded_y.view(n_windows, T)  # (W, T) each
-    for i in range(0, n_windows, batch_size):
-        x, y = xs[i:i + batch_size], ys[i:i + batch_size]
-        if len(x) < batch_size:  # pad with fully ignored rows
-            pad = batch_size - len(x)
-            x = torch.cat([x, torch.zeros(pad, T, dtype=torch.long)])
-            y = torch.cat([y, torch.full((pad, T), -1, dtype=torch.long)])
-        yield x, y
+    dev = torch.device("cpu") if isinstance(tokens, np.ndarray) else tokens.device
+    for lo in range(0, n_windows * T, B * T):  # lo: the first target of this batch
+        n = min(B * T, n_targets - lo)  # real targets in it; the rest is padding
+        x = torch.zeros(B * T, dtype=torch.long, device=dev)
+        y = torch.full((B * T,), -1, dtype=torch.long, device=dev)
+        x[:n] = _long_ids(tokens, lo, lo + n)
+        y[:n] = _long_ids(tokens, lo + 1, lo + n + 1)
+        yield x.view(B, T), y.view(B, T)
+
+
+def _long_ids(tokens: torch.Tensor | np.ndarray, lo: int, hi: int) -> torch.Tensor:
+    """tokens[lo:hi] as an int64 tensor (a numpy memmap of uint16 ids is widened as it is read)."""
+    part = tokens[lo:hi]
+    return torch.from_numpy(part.astype(np.int64)) if isinstance(part, np.ndarray) else part

@@ -17,12 +17,33 @@ Two ways to drive it:
   recorded once as a CUDA graph and replayed for every token.
   With `rolling=True` a token at position p overwrites slot p % S, so the cache always holds the
   last S tokens (only sound with RoPE, whose scores depend on relative positions alone).
+  On CUDA with triton, a step of one token per row instead runs decode_kernels.py's fused kernel
+  (store + attend in one launch per layer, the slot and the mask derived from pos on the device)
+  for caches of up to FUSED_MAX_LEN slots; set FUSED_DECODE = False to compare with the unfused path.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# Static-mode decoding of one token per row on CUDA uses the fused Triton kernel when triton is
+# installed. Read when set_positions runs: a CUDA graph keeps the path it was recorded with.
+FUSED_DECODE = True
+# ...for caches of at most this many slots: the kernel walks the slots of a head on one SM, and
+# past ~600 filled slots SDPA is faster (timings in decode_kernels.py). Read by the constructor.
+FUSED_MAX_LEN = 512
+
+
+def _fused_kernel(device: torch.device | str, max_len: int):
+    """decode_kernels.decode_attention where it can run and pays (a CUDA cache of at most
+    FUSED_MAX_LEN slots, triton installed), else None. Imported here, not at the top: CPU-only
+    installs need not pay for importing triton."""
+    if torch.device(device).type != "cuda" or max_len > FUSED_MAX_LEN:
+        return None
+    from . import decode_kernels
+
+    return decode_kernels.decode_attention if decode_kernels.AVAILABLE else None
 
 
 class KVCache:
@@ -37,8 +58,10 @@ class KVCache:
         self.slot_ids = torch.arange(max_len, device=device)  # (S,)
         self._open = torch.zeros((), device=device, dtype=dtype)  # the two values of an additive mask
         self._shut = torch.full((), float("-inf"), device=device, dtype=dtype)
-        self.slots: torch.Tensor | None = None  # static mode: (T,) slots of the next forward's tokens
+        self.positions: torch.Tensor | None = None  # static mode: (T,) positions of the next forward's tokens
+        self.slots: torch.Tensor | None = None  # static mode: (T,) their slots (None: the fused kernel finds them)
         self.mask: torch.Tensor | None = None  # static mode: (T, S) 0 where a query may attend, else -inf
+        self._fused = _fused_kernel(device, max_len)  # decode_kernels.decode_attention, or None
         # static mode, eager only: attend over slots 0..filled-1 alone (a host int; the rest are masked
         # anyway). None = all S slots, as a recorded CUDA graph must (its shapes are fixed).
         self.filled: int | None = None
@@ -52,11 +75,18 @@ class KVCache:
         0..p; with rolling, once p >= S every slot holds one of the last S positions, so all of
         them (the comparison below gives both). Prefilling several tokens at once must not wrap.
         The mask is additive (0 or -inf), built once here rather than converted in every layer.
-        Example: S=4, pos=[1, 2] -> slots [1, 2], mask [[0, 0, -inf, -inf], [0, 0, 0, -inf]]."""
+        Example: S=4, pos=[1, 2] -> slots [1, 2], mask [[0, 0, -inf, -inf], [0, 0, 0, -inf]].
+        One token on CUDA with the fused kernel: neither is built (the kernel derives both from pos)."""
+        self.positions = pos
+        if FUSED_DECODE and self._fused is not None and pos.numel() == 1:
+            self.slots = self.mask = None
+            return
         self.slots = pos % self.max_len if self.rolling else pos  # (T,)
         self.mask = torch.where(self.slot_ids[None, :] <= pos[:, None], self._open, self._shut)  # (T, S)
 
     def _attend_static(self, layer: int, q, k, v) -> torch.Tensor:
+        if self.slots is None:  # one token: store and attend in one kernel, over the filled slots only
+            return self._fused(q, k, v, self.k, self.v, layer, self.positions, self.rolling)  # (B, nh, 1, hs)
         kb, vb = self.k[layer], self.v[layer]  # (B, nh, S, hs) each, views into the buffers
         kb.index_copy_(2, self.slots, k.to(kb.dtype))
         vb.index_copy_(2, self.slots, v.to(vb.dtype))
@@ -90,7 +120,7 @@ class KVCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store this step's keys and values k, v (B, nh, T, hs) of `layer`, then attend with the
         queries q (B, nh, T, hs) over everything the cache holds -> (B, nh, T, hs)."""
-        if self.slots is not None:
+        if self.positions is not None:
             return self._attend_static(layer, q, k, v)
         return self._attend_prefix(layer, q, k, v)
 

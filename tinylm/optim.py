@@ -65,25 +65,32 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
     return Optimizers(opts)
 
 
-def clip_and_check(params, grad_clip: float, loss_sum: torch.Tensor) -> torch.Tensor:
-    """Clip the gradients' global norm to `grad_clip` (0 = no clipping) and return a device bool:
-    are the loss and every gradient finite? A NaN/inf anywhere makes the total norm non-finite,
-    so one norm answers for all of them without a host sync."""
+def _fused_adam(o: torch.optim.Optimizer) -> bool:
+    return isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups)
+
+
+def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor) -> torch.Tensor:
+    """Clip the gradients' global norm to `grad_clip` (0 = no clipping), then opt.step(), skipped
+    when the loss or any gradient is not finite; returns that verdict as a device bool `ok`.
+
+    One norm answers both questions: a NaN/inf anywhere makes it non-finite. Fused AdamW takes
+    both on the device, with no host sync and no extra pass over the gradients: `found_inf` (the
+    hook torch.amp.GradScaler uses) skips the update, and `grad_scale` divides each gradient by
+    1/coef inside the update kernel, which is exactly clipping by coef. Other optimizers (Muon,
+    unfused AdamW on the CPU, where a sync costs nothing) get clipped gradients and ask the host."""
     params = [p for p in params if p.grad is not None]
-    if grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    return torch.isfinite(norm) & torch.isfinite(loss_sum)
-
-
-def optimizer_step(opt, ok: torch.Tensor) -> None:
-    """opt.step(), skipped when the device bool `ok` is False. Fused AdamW skips on the device
-    through `found_inf`, the hook torch.amp.GradScaler uses, so there is no host sync; other
-    optimizers (Muon, unfused AdamW on the CPU, where a sync costs nothing) ask the host."""
-    for o in getattr(opt, "optimizers", [opt]):
-        if isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups):
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    ok = torch.isfinite(norm) & torch.isfinite(loss_sum)
+    # clip_grad_norm_'s coefficient: scale by clip / norm when the norm exceeds the clip, else 1
+    coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0) if grad_clip > 0 else None
+    optimizers = getattr(opt, "optimizers", [opt])
+    if coef is not None and not all(_fused_adam(o) for o in optimizers):
+        torch._foreach_mul_([p.grad for p in params], coef)
+    for o in optimizers:
+        if _fused_adam(o):
             o.found_inf = (~ok).float()
+            o.grad_scale = None if coef is None else coef.reciprocal()
             o.step()
         elif bool(ok):  # subtle: a host sync on CUDA, paid by Muon only
             o.step()
+    return ok

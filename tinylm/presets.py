@@ -26,15 +26,17 @@ PRESETS: dict[str, dict] = {
     "speedrun": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.2,
                      batch_size=64, lr=2e-3, min_lr=2e-4, beta2=0.99, warmup_steps=50, weight_decay=0.1,
                      time_budget=16.0, eval_interval=100),
-    # best validation loss within a minute: the same model, regularised harder (dropout, weight decay)
+    # best validation loss within a minute: the same model, regularised harder (dropout, weight decay),
+    # twice the batch at 1.5x the rate (the graph-replayed step is launch-bound: more tokens per step are cheap)
     "speedrun60": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.35,
-                       batch_size=64, lr=1e-3, min_lr=1e-4, beta2=0.99, warmup_steps=100, weight_decay=3.0,
-                       time_budget=50.0, eval_interval=200),
+                       batch_size=128, lr=1.5e-3, min_lr=1.5e-4, beta2=0.99, warmup_steps=100, weight_decay=3.0,
+                       time_budget=50.0, eval_interval=100),
 }
 
 # Above this many block parameters a step is limited by GPU arithmetic, not by how fast Python can
-# launch kernels, so torch.compile's fused kernels beat replaying eager kernels as a CUDA graph
-# (measured: 124M shape 28.0 vs 36.5 ms/step; 10M char shape 10.9 vs 7.8 ms/step, bench/RESULTS.md).
+# launch kernels, so torch.compile's fused kernels pay for their compile time; below it the CUDA
+# graph of eager kernels starts at once (measured: 124M shape 26.6 ms/step compiled + graph vs 36.5
+# graph alone; 10M char shape 6.1 vs 7.8 ms/step, but ~14 s of cold compile, bench/RESULTS.md).
 COMPILE_ABOVE_PARAMS = 50_000_000
 
 
@@ -42,15 +44,16 @@ def choose_speed(model_kw: dict, train_kw: dict, device_type: str) -> None:
     """Fill in compile/cuda_graph where the user left them on auto."""
     if train_kw.get("compile", "auto") != "auto":
         return
-    if device_type != "cuda" or train_kw.get("cuda_graph"):
+    if device_type != "cuda":
         train_kw["compile"] = "off"
         return
     width, layers = model_kw.get("n_embd", GPTConfig.n_embd), model_kw.get("n_layer", GPTConfig.n_layer)
     big = 12 * layers * width * width >= COMPILE_ABOVE_PARAMS
-    if big or train_kw.get("optimizer", "adamw") != "adamw":
-        train_kw["compile"] = "model"
-    else:
-        train_kw["compile"], train_kw["cuda_graph"] = "off", True
+    adamw = train_kw.get("optimizer", "adamw") == "adamw"
+    # big: the compiled kernels, recorded in the step's CUDA graph when the optimizer allows it
+    train_kw["compile"] = "model" if big or not adamw else "off"
+    if train_kw.get("cuda_graph") is None:
+        train_kw["cuda_graph"] = adamw
 
 
 def build_configs(name: str, model_over: dict, train_over: dict, device_type: str) -> tuple[dict, TrainConfig]:

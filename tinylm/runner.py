@@ -21,7 +21,7 @@ from . import __version__
 from .checkpoint import load_model
 from .chat import format_qa, load_qa_json
 from .corpus import default_corpus
-from .data import read_text, split_tokens
+from .data import split_tokens
 from .tokenfile import TextInfo, scan_text, split_memmap, token_file
 from .tokenizers.base import BOS, EOS
 from .device import resolve_device
@@ -111,16 +111,19 @@ def resolve_output(job: TrainJob, dataset: Path) -> Path:
 
 def build_tokenizer(job: TrainJob, source: str | TextInfo) -> Tokenizer:
     """A new tokenizer for the training text: `source` is the text itself, or a streamed scan of
-    the file (enough for a char vocabulary; BPE training then reads the file whole)."""
+    the file (enough for a char vocabulary; BPE training then streams the file once more)."""
     if job.tokenizer == "char":
         return CharTokenizer(sorted(source.chars)) if isinstance(source, TextInfo) else CharTokenizer.train(source)
-    text = read_text(source.path) if isinstance(source, TextInfo) else source
     if job.tokenizer == "bpe":
-        from .tokenizers.bpe import train_bpe  # noqa: PLC0415 - optional path
+        from .tokenfile import train_bpe_file  # noqa: PLC0415 - optional path
+        from .tokenizers.bpe import train_bpe  # noqa: PLC0415
 
         # logged after, not before: a --vocab-size the text cannot fill must end in one error line
         t0 = time.time()
-        tokenizer = train_bpe(text, job.vocab_size, pattern=job.bpe_pattern)
+        if isinstance(source, TextInfo):  # counted block by block: the text is never held whole
+            tokenizer = train_bpe_file(source.path, job.vocab_size, pattern=job.bpe_pattern, info=source)
+        else:
+            tokenizer = train_bpe(source, job.vocab_size, pattern=job.bpe_pattern)
         log.info("Trained a BPE tokenizer (vocabulary %d) in %.1f s", job.vocab_size, time.time() - t0)
         return tokenizer
     if job.tokenizer == "gpt2":

@@ -11,6 +11,10 @@ path for corpora larger than memory:
    read from disk as batches touch them, and the OS may drop them again under memory pressure.
 3. `split_memmap` cuts the ids into a `data.TokenSplit` of `TokenWindows`: views of the memmap
    that hand out int64 windows, which is all `ChunkBatches`, `eval_windows` and `Trainer` use.
+4. `train_bpe_file` trains a BPE tokenizer on the file in the same kind of pass: the pieces
+   between safe cuts (below) are pre-split and their chunks counted (`count_file_words`), so
+   memory holds one block and the table of distinct chunks, never the text. The merges equal
+   `train_bpe(read_text(path))`'s.
 
 On a GPU. Trainer calls `split.train.to(device)`. `TokenWindows.to` copies the ids (still
 uint16/uint32, a quarter or half of int64) to the GPU when they fit in a share of its free
@@ -24,9 +28,11 @@ Exactness. Streaming must give the ids of `tokenizer.encode(whole_text)`. A char
 be cut anywhere. A BPE tokenizer pre-splits text with a regex, and a cut is safe only where
 that regex would put a chunk boundary anyway and nothing before the cut looks past it; see
 `_last_safe_cut` for the two kinds of cut that hold for the GPT-2 and cl100k patterns. A
-custom pattern, or another tokenizer kind, is encoded whole (correct, but in memory).
+custom pattern, or another tokenizer kind, is encoded (or, for BPE training, counted) whole:
+correct, but in memory.
 
-This module does not build tokenizers, decide the train/val fraction, or run training.
+This module does not learn merges (bpe_train.py does, from counts), decide the train/val
+fraction, or run training.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, NoReturn
+from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -50,7 +56,7 @@ import torch
 from .corpus import cache_dir
 from .data import TokenSplit, split_tokens
 from .errors import UsageError
-from .tokenizers import CharTokenizer, Tokenizer
+from .tokenizers import DEFAULT_SPECIALS, UNK, CharTokenizer, Tokenizer
 
 FORMAT_VERSION = 1  # bump when the .bin layout or the key changes: old files are then ignored
 BLOCK_BYTES = 4 << 20  # read size: large enough to amortise encode() calls, small next to RAM
@@ -167,29 +173,41 @@ def id_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def cache_key(info: TextInfo, tokenizer: Tokenizer) -> str:
-    """Token files are named by what determines their content: the text and the tokenizer."""
-    return hashlib.sha256(f"tinylm-tokens-v{FORMAT_VERSION}\n{info.sha256}\n{_tokenizer_hash(tokenizer)}".encode()).hexdigest()
+def cache_key(info: TextInfo, tokenizer: Tokenizer, replace_unknown: bool = False) -> str:
+    """Token files are named by what determines their content: the text and the tokenizer, and
+    whether characters outside the vocabulary became <UNK> (only said when some did, so such a
+    file is never taken for one a run without `unknown="replace"` would accept)."""
+    unknown = "\nunknown=replace" if replace_unknown else ""
+    return hashlib.sha256(f"tinylm-tokens-v{FORMAT_VERSION}\n{info.sha256}\n{_tokenizer_hash(tokenizer)}{unknown}"
+                          .encode()).hexdigest()
 
 
 def token_file(path: str | os.PathLike, tokenizer: Tokenizer, info: TextInfo | None = None,
-               progress: bool = True) -> np.ndarray:
+               progress: bool = True, unknown: str = "error") -> np.ndarray:
     """All token ids of the text file `path`, as a read-only memmap of shape (N,), dtype
-    `id_dtype(tokenizer.vocab_size)`. Equal to `tokenizer.encode(read_text(path))`.
+    `id_dtype(tokenizer.vocab_size)`. Equal to `tokenizer.encode(read_text(path))`, or for a
+    char tokenizer and unknown="replace" to `tokenizer.encode(read_text(path), unknown="replace")`
+    (characters outside its vocabulary become <UNK>; other tokenizers have none).
 
     Reuses `cache_dir()/tokens/<cache_key>.bin` when its sidecar `.json` vouches for it; else
     tokenizes the file in blocks, writing ids as it goes, and publishes the file atomically.
     `info` (from an earlier `scan_text`) saves one read of the file for the hash."""
     info = info if info is not None else scan_text(path)
     dtype = id_dtype(tokenizer.vocab_size)
-    key = cache_key(info, tokenizer)
+    replace = unknown == "replace" and _has_unknown(info, tokenizer)
+    key = cache_key(info, tokenizer, replace)
     bin_path = cache_dir() / "tokens" / f"{key}.bin"
     count = _cached_count(bin_path, dtype)
     if count is None:
-        count = _write_token_file(Path(path), tokenizer, info, bin_path, dtype, progress)
+        count = _write_token_file(Path(path), tokenizer, info, bin_path, dtype, progress, replace)
     if count == 0:  # unreachable for text read_text accepts; np.memmap cannot map 0 bytes
         return np.zeros(0, dtype=dtype)
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _has_unknown(info: TextInfo, tokenizer: Tokenizer) -> bool:
+    """Whether a char tokenizer lacks some character of the text (a BPE one lacks none)."""
+    return isinstance(tokenizer, CharTokenizer) and not info.chars <= tokenizer.stoi.keys()
 
 
 def _tokenizer_hash(tokenizer: Tokenizer) -> str:
@@ -208,7 +226,7 @@ def _cached_count(bin_path: Path, dtype: np.dtype) -> int | None:
 
 
 def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path: Path, dtype: np.dtype,
-                      progress: bool) -> int:
+                      progress: bool, replace_unknown: bool = False) -> int:
     """Tokenize `path` into bin_path via a temp file; the sidecar goes last, so a file without a
     matching sidecar (a crash, a kill) is never trusted. Returns the number of ids."""
     tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
@@ -218,7 +236,7 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
     try:
         bin_path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as out:
-            for ids in _encode_blocks(reader, tokenizer, bar):
+            for ids in _encode_blocks(reader, tokenizer, bar, replace_unknown):
                 np.asarray(ids, dtype=dtype).tofile(out)  # subtle: numpy raises if an id does not fit dtype
                 count += len(ids)
         bar.close()
@@ -228,6 +246,8 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
         meta = {"format": FORMAT_VERSION, "count": count, "dtype": dtype.name, "source": str(path.resolve()),
                 "source_sha256": info.sha256, "source_bytes": info.nbytes, "tokenizer": tokenizer.kind,
                 "tokenizer_sha256": _tokenizer_hash(tokenizer), "vocab_size": tokenizer.vocab_size}
+        if replace_unknown:
+            meta["unknown"] = "replace"
         side_tmp = bin_path.with_name(f"{bin_path.stem}.json.tmp{os.getpid()}")
         side_tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         os.replace(side_tmp, bin_path.with_suffix(".json"))
@@ -241,17 +261,36 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
     return count
 
 
-def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress") -> Iterator[list[int] | np.ndarray]:
-    """Ids of the whole text, in pieces. Text is cut at the last safe point of each block (see
-    `_last_safe_cut`); what follows waits for the next block, so no chunk of the BPE pre-split
-    ever straddles a cut."""
-    encode = _fast_encoder(tokenizer)
-    if tokenizer.kind == "char":
-        last_cut: Callable[[str, int], int] = lambda text, lo: len(text)  # noqa: E731 - any cut is safe
-    elif getattr(tokenizer, "pattern_name", None) in SAFE_PATTERNS:
-        last_cut = _last_safe_cut
-    else:
-        last_cut = lambda text, lo: 0  # noqa: E731 - no cut is known to be safe: encode the text whole
+def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress",
+                   replace_unknown: bool = False) -> Iterator[list[int] | np.ndarray]:
+    """Ids of the whole text, in pieces: the ids of each `_safe_pieces` piece."""
+    encode = _fast_encoder(tokenizer, replace_unknown)
+    last_cut = _any_cut if tokenizer.kind == "char" else _cut_rule(getattr(tokenizer, "pattern_name", None))
+    for piece in _safe_pieces(reader, last_cut, bar):
+        yield encode(piece)
+
+
+CutRule = Callable[[str, int], int]  # (text, lo) -> the last safe cut p, lo <= p < len(text), or 0 if none
+
+
+def _any_cut(text: str, lo: int) -> int:
+    return len(text)  # a char tokenizer may be cut anywhere
+
+
+def _no_cut(text: str, lo: int) -> int:
+    return 0  # no cut is known to be safe: the text goes whole
+
+
+def _cut_rule(pattern_name: str | None) -> CutRule:
+    """Where text may be cut for a BPE pre-split pattern (by name; None = a custom regex)."""
+    return _last_safe_cut if pattern_name in SAFE_PATTERNS else _no_cut
+
+
+def _safe_pieces(reader: _TextReader, last_cut: CutRule, bar: "_Progress") -> Iterator[str]:
+    """The whole text in pieces that join back to it. Each block's text is cut at its last safe
+    point (see `_last_safe_cut`); what follows waits for the next block, so no chunk of the BPE
+    pre-split ever straddles a cut. Pieces are about a block long; with no safe cut at all
+    (`_no_cut`, or a text without one) the one piece is the whole text."""
     pending: list[str] = []  # text since the last cut, in pieces (joined only at a cut: linear time)
     n_pending = 0
     tail = ""  # the last two characters of pending: the context a cut at the seam needs
@@ -261,7 +300,7 @@ def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress") 
         if p:
             text = "".join(pending) + block
             cut = n_pending - len(tail) + p
-            yield encode(text[:cut])
+            yield text[:cut]
             pending, n_pending = [text[cut:]], len(text) - cut
         else:
             pending.append(block)
@@ -269,7 +308,7 @@ def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress") 
         tail = window[-2:]
         bar.update(reader.nbytes)
     if n_pending:
-        yield encode("".join(pending))
+        yield "".join(pending)
 
 
 # A cut at p (text[:p] | text[p:]) is safe for the GPT-2 and cl100k patterns when
@@ -301,22 +340,77 @@ def _last_safe_cut(text: str, lo: int) -> int:
     return 0
 
 
-def _fast_encoder(tokenizer: Tokenizer) -> Callable[[str], list[int] | np.ndarray]:
-    """`tokenizer.encode`, or for a plain CharTokenizer the same mapping as a numpy table lookup
-    on code points (~20x faster). Text with a character outside the vocabulary goes through
-    `encode` itself, so it fails with the usual error."""
+def _fast_encoder(tokenizer: Tokenizer, replace_unknown: bool = False) -> Callable[[str], list[int] | np.ndarray]:
+    """`tokenizer.encode` (with unknown="replace" if asked), or for a plain CharTokenizer the same
+    mapping as a numpy table lookup on code points (~20x faster). Without replace_unknown, text
+    with a character outside the vocabulary goes through `encode` itself, so it fails with the
+    usual error; with it, such characters get <UNK>'s id, as `encode` would give them."""
+    def slow(text: str) -> list[int]:
+        return tokenizer.encode(text, unknown="replace") if replace_unknown else tokenizer.encode(text)
+
     if type(tokenizer) is not CharTokenizer or not all(len(c) == 1 for c in tokenizer.chars) or not tokenizer.chars:
-        return tokenizer.encode
+        return slow
     codes = np.array([ord(c) for c in tokenizer.chars])
     table = np.full(int(codes.max()) + 2, -1, dtype=np.int32)  # code point -> id; last slot: "too large"
     table[codes] = [tokenizer.stoi[c] for c in tokenizer.chars]
+    unk = tokenizer.stoi.get(UNK) if replace_unknown else None
 
     def encode(text: str) -> list[int] | np.ndarray:
         cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = table[np.minimum(cps, len(table) - 1)]
-        return tokenizer.encode(text) if (ids < 0).any() else ids
+        ids = table[np.minimum(cps, len(table) - 1)]  # a new array: ours to change
+        unknown = ids < 0
+        if not unknown.any():
+            return ids
+        if unk is None:
+            return slow(text)
+        ids[unknown] = unk
+        return ids
 
     return encode
+
+
+# ---- training a BPE tokenizer from a file ------------------------------------------------------
+
+def count_file_words(path: str | os.PathLike, pattern: str = "gpt2", progress: bool = True,
+                     info: TextInfo | None = None) -> dict[bytes, int]:
+    """`bpe_train.count_words(read_text(path), pattern)` in one streamed pass, equal to it key for
+    key, count for count and in the same order: the pieces between safe cuts are pre-split one
+    by one. Memory: a block, plus the table of distinct chunks. `info` (from `scan_text`) gives
+    the size for the progress bar, and the file must still have the hash it recorded."""
+    from .tokenizers.bpe_train import count_words  # noqa: PLC0415 - keeps the char path free of regex
+    from .tokenizers.patterns import resolve_pattern  # noqa: PLC0415
+
+    name, regex_str = resolve_pattern(pattern)
+    path = Path(path)
+    reader = _TextReader(path, block_bytes=BLOCK_BYTES)
+    total = info.nbytes if info is not None else _size_or_zero(path)
+    bar = _Progress(f"Counting BPE chunks in {path.name}", total, progress)
+    try:
+        words = count_words(_safe_pieces(reader, _cut_rule(name), bar), regex_str)
+    finally:
+        bar.close()
+    if info is not None and reader.sha256 != info.sha256:
+        raise UsageError(f"dataset {path} changed while it was being read; run again once it is complete")
+    return words
+
+
+def train_bpe_file(path: str | os.PathLike, vocab_size: int, pattern: str = "gpt2",
+                   specials: Iterable[str] = DEFAULT_SPECIALS, progress: bool | Callable[[int, int], None] = True,
+                   info: TextInfo | None = None) -> Tokenizer:
+    """`bpe.train_bpe(read_text(path), ...)` without holding the text: the same merges, bit for
+    bit, from `count_file_words`. progress=False silences both bars (counting, then merges)."""
+    from .tokenizers.bpe import check_train_args, train_bpe_from_counts  # noqa: PLC0415
+
+    specials, _, _ = check_train_args(vocab_size, pattern, specials)  # a bad --vocab-size fails before the long pass
+    words = count_file_words(path, pattern, progress is not False, info)
+    return train_bpe_from_counts(words, vocab_size, pattern, specials, progress)
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # the reader raises the right error when it opens the file
 
 
 class _Progress:

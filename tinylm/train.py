@@ -30,8 +30,9 @@ from .data import ChunkBatches, TokenSplit, eval_windows
 from .device import autocast_dtype, configure, resolve_device
 from .errors import UsageError
 from .log import Progress, log
+from .ema import EMA
 from .model import GPT
-from .optim import clip_and_check, make_optimizer, optimizer_step, param_groups
+from .optim import clipped_step, make_optimizer, param_groups
 from .schedule import PlateauState, cosine_lr, plateau_update
 from .tokenizers import Tokenizer
 
@@ -57,13 +58,15 @@ class TrainConfig:
     beta2: float = 0.95
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 = off
+    ema: float = 0.0  # 0 = off; else evaluate and save a moving average of the weights with this decay (ema.py)
     eval_interval: int = 0  # steps between validations; 0 = once per epoch
     val_fraction: float = 0.1  # last fraction of the text held out
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str = "off"  # off | model (torch.compile the whole training forward) | blocks (each block alone)
-    cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see graph_step.py)
+    cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see graph_step.py);
+    # with compile=model the graph records the compiled kernels
     log_interval: int = 10  # steps between log lines when not on a terminal (and between checks for skipped steps)
     checkpoint_every: int = 0  # steps between checkpoints; 0 = off
     checkpoint_minutes: float = 10.0  # minutes between checkpoints; 0 = off
@@ -85,12 +88,12 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (self.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"),
             (not (self.cuda_graph and self.optimizer != "adamw"), "--cuda-graph works with --optimizer adamw only"),
-            (not (self.cuda_graph and self.compile != "off"), "--cuda-graph and --compile are alternatives; choose one"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, f"--beta1/--beta2 must be in [0, 1), got {self.beta1}, {self.beta2}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}"),
+            (0 <= self.ema < 1, f"--ema must be in [0, 1) (0 = off; e.g. 0.995), got {self.ema}"),
             (self.eval_interval >= 0, f"--eval-interval must be >= 0, got {self.eval_interval}"),
             (0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}"),
             (self.log_interval >= 1, f"--log-interval must be at least 1, got {self.log_interval}"),
@@ -128,9 +131,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def evaluate(model, tokens: torch.Tensor, context: int, batch_size: int, device: torch.device,
+def evaluate(model, tokens: torch.Tensor | np.ndarray, context: int, batch_size: int, device: torch.device,
              dtype: torch.dtype | None = None) -> float:
-    """Mean next-token cross-entropy over every token of `tokens` (exact, not sampled)."""
+    """Mean next-token cross-entropy over every token of `tokens` (exact, not sampled).
+    `tokens`: an int64 tensor, a `tokenfile.TokenWindows`, or a numpy array / token-file memmap,
+    read one batch at a time (see `data.eval_windows`); the loss is the same for each."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
@@ -158,8 +163,7 @@ def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype) -> to
         # the gradient of one batch len(micro_batches) times larger.
         (loss / len(micro_batches)).backward()
         total += loss.detach()
-    ok = clip_and_check(model.parameters(), cfg.grad_clip, total)
-    optimizer_step(opt, ok)
+    ok = clipped_step(opt, model.parameters(), cfg.grad_clip, total)
     opt.zero_grad(set_to_none=True)
     return torch.where(ok, total / len(micro_batches), math.nan)
 
@@ -218,16 +222,6 @@ class Trainer:
         self.dtype = autocast_dtype(self.device, cfg.dtype)
         self.model = model.to(self.device)
         T = model.cfg.context_size
-        self.graphed = None
-        if cfg.cuda_graph:
-            if self.device.type != "cuda":
-                raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
-            from .graph_step import GraphedStep  # noqa: PLC0415
-
-            self.graphed = GraphedStep(self.model, param_groups(self.model, cfg), cfg, self.dtype, (cfg.batch_size, T))
-            self.opt = self.graphed.opt
-        else:
-            self.opt = make_optimizer(self.model, cfg, self.device)
         # The training forward: evaluation always runs the eager self.model, so switching between
         # train and eval never recompiles.
         self.fwd = self.model
@@ -238,6 +232,18 @@ class Trainer:
                 self.model.compile_blocks()
             else:
                 self.fwd = torch.compile(self.model, dynamic=False)
+        self.ema = EMA(self.model.parameters(), cfg.ema) if cfg.ema else None
+        self.graphed = None
+        if cfg.cuda_graph:  # the whole step (compiled forward or eager) recorded once, replayed
+            if self.device.type != "cuda":
+                raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
+            from .graph_step import GraphedStep  # noqa: PLC0415
+
+            self.graphed = GraphedStep(self.model, param_groups(self.model, cfg), cfg, self.dtype, (cfg.batch_size, T),
+                                       forward=self.fwd, after_step=self.ema.update if self.ema else None)
+            self.opt = self.graphed.opt
+        else:
+            self.opt = make_optimizer(self.model, cfg, self.device)
         # the token stream lives on the device, so batches are gathered there with no copies
         self.batches = ChunkBatches(split.train.to(self.device), T, cfg.batch_size, cfg.seed)
         self.steps_per_epoch = max(1, self.batches.batches_per_epoch // cfg.grad_accum)
@@ -324,6 +330,8 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype)
+            if self.ema is not None:
+                self.ema.update()
         ok = torch.isfinite(loss)  # False: the step was skipped (device-side bookkeeping, no sync)
         self.epoch_loss += torch.where(ok, loss, 0.0)
         self.epoch_ok += ok
@@ -363,18 +371,24 @@ class Trainer:
         res = self.result
         if len(self.split.val) < 2:
             if self.out is not None:
-                self._save(self.out)
+                with self.averaged():
+                    self._save(self.out)
             return
-        val = evaluate(self.model, self.split.val, self.model.cfg.context_size, self.cfg.batch_size, self.device, self.dtype)
-        res.last_val = val
-        res.history.append((res.steps, self.elapsed(), val))
-        improved = val < res.best_val
-        log.info("Validation loss: %.4f, perplexity: %.2f (step %d, %.1f s)%s", val, math.exp(min(val, 50)), res.steps,
-                 self.elapsed(), " (best so far)" if improved else "")
-        if improved:
-            res.best_val = val
-            if self.out is not None:
-                self._save(self.out)
+        with self.averaged():  # with --ema the averaged weights are the ones measured and saved
+            val = evaluate(self.model, self.split.val, self.model.cfg.context_size, self.cfg.batch_size, self.device, self.dtype)
+            res.last_val = val
+            res.history.append((res.steps, self.elapsed(), val))
+            improved = val < res.best_val
+            log.info("Validation loss: %.4f, perplexity: %.2f (step %d, %.1f s)%s", val, math.exp(min(val, 50)), res.steps,
+                     self.elapsed(), " (best so far)" if improved else "")
+            if improved:
+                res.best_val = val
+                if self.out is not None:
+                    self._save(self.out)
+
+    def averaged(self):
+        """Context: the model holds the weight average (--ema) inside, the raw weights after."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------ numerical faults
 
@@ -412,7 +426,8 @@ class Trainer:
         if self.last is not None:
             self._save(self.last)
         if self.out is not None and not self.saved_out:  # no validation ran: the output is the latest weights
-            self._save(self.out)
+            with self.averaged():
+                self._save(self.out)
         self.saver.wait()
 
     def _checkpoint_due(self) -> bool:

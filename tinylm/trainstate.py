@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write_bytes
+from .ema import EMA
 from .errors import UsageError
 from .log import log
 from .schedule import PlateauState
@@ -128,6 +129,7 @@ def trainer_state(t, val_loss: float | None = None) -> dict:
         "val_loss": val_loss,  # validation loss measured at this step, or None
         "model": _cpu(t.model.state_dict()),
         "optimizer": _cpu(t.opt.state_dict()),
+        "ema": t.ema.state_dict() if t.ema is not None else None,
         "loop": {"epoch": t.epoch, "pos": t.pos, "epoch_loss": _cpu(t.epoch_loss), "epoch_ok": _cpu(t.epoch_ok),
                  "lr": t.lr, "skipped": int(t.skipped), "elapsed": t.elapsed(), "saved_out": t.saved_out,
                  "best_ckpt_val": t.best_ckpt_val},
@@ -165,6 +167,8 @@ def restore_trainer(t, s: dict) -> None:
     """Put Trainer `t` back in the state `s` (from `trainer_state`); the RNGs last."""
     t.model.load_state_dict(s["model"])
     _load_optimizer(t.opt, s["optimizer"], in_place=t.graphed is not None)
+    if t.ema is not None:  # a checkpoint from a run without --ema starts the average here
+        t.ema.load_state_dict(s.get("ema") or EMA(t.model.parameters(), t.ema.decay).state_dict())
     loop, sched, res = s["loop"], s["schedule"], t.result
     t.epoch, t.pos, t.lr, t.saved_out = loop["epoch"], loop["pos"], loop["lr"], loop["saved_out"]
     t.epoch_loss.copy_(loop["epoch_loss"])

@@ -43,7 +43,7 @@ from .patterns import resolve_pattern
 from .ranks import (CL100K_SPECIALS, ENDOFTEXT, b64, escape_bytes, gpt2_ranks, load_tiktoken_file, ranks_to_tokens,
                     unb64, unescape_bytes)
 
-__all__ = ["BPETokenizer", "train_bpe", "load_gpt2", "CL100K_SPECIALS", "DEFAULT_SPECIALS"]
+__all__ = ["BPETokenizer", "train_bpe", "train_bpe_from_counts", "load_gpt2", "CL100K_SPECIALS", "DEFAULT_SPECIALS"]
 
 FORMAT_VERSION = 1
 _CACHE_LIMIT = 100_000  # chunks remembered by the reference encoder before its cache is reset
@@ -257,16 +257,22 @@ def train_bpe(text: str, vocab_size: int, pattern: str = "gpt2", specials: Itera
               progress: bool | Callable[[int, int], None] = True) -> BPETokenizer:
     """Learn a byte-level BPE tokenizer with `vocab_size` ids in all: specials (ids 0..k-1), the
     256 bytes, then merges. progress=True draws a bar on stderr if it is a terminal; a callable
-    gets (merges done, merges wanted). Ties: see bpe_train.py."""
-    specials = _check_specials(specials)
-    _, pat = resolve_pattern(pattern)
-    base = len(specials) + 256
-    if not isinstance(vocab_size, int) or vocab_size < base:
-        raise UsageError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least {base} "
-                         f"(256 byte tokens + {len(specials)} special tokens); pass --vocab-size {base} or more")
-    wanted = vocab_size - base
+    gets (merges done, merges wanted). Ties: see bpe_train.py. For a file larger than memory,
+    `tokenfile.train_bpe_file` gives the same tokenizer from a streamed pass."""
+    specials, pat, _ = check_train_args(vocab_size, pattern, specials)  # subtle: a list now, so it can be read twice
+    return train_bpe_from_counts(count_words(text, pat), vocab_size, pattern, specials, progress)
+
+
+def train_bpe_from_counts(words: Mapping[bytes, int], vocab_size: int, pattern: str = "gpt2",
+                          specials: Iterable[str] = DEFAULT_SPECIALS,
+                          progress: bool | Callable[[int, int], None] = True) -> BPETokenizer:
+    """`train_bpe` from the chunk counts of the text (`bpe_train.count_words`, with the regex of
+    `pattern`) instead of the text: the same tokenizer, since merges are learned from the
+    counts alone."""
+    specials, _, wanted = check_train_args(vocab_size, pattern, specials)
+    base = vocab_size - wanted
     bar = ProgressBar() if progress is True else (progress or None)
-    merges = learn_merges(count_words(text, pat), wanted, bar)
+    merges = learn_merges(words, wanted, bar)
     if len(merges) < wanted:
         if isinstance(bar, ProgressBar) and bar.enabled:
             bar.stream.write("\n")
@@ -274,6 +280,18 @@ def train_bpe(text: str, vocab_size: int, pattern: str = "gpt2", specials: Itera
                          f"(every chunk is already one token); pass --vocab-size {base + len(merges)} or less, or use more text")
     tokens = [bytes([i]) for i in range(256)] + [a + b for a, b in merges]
     return BPETokenizer(tokens, pattern, {s: i for i, s in enumerate(specials)}, first_id=len(specials), merges=merges)
+
+
+def check_train_args(vocab_size: int, pattern: str, specials: Iterable[str]) -> tuple[list[str], str, int]:
+    """Check what `train_bpe` was asked for, before any text is read: (specials as a list, the
+    pattern's regex, merges to learn). Raises a UsageError naming the flag."""
+    specials = _check_specials(specials)
+    _, pat = resolve_pattern(pattern)
+    base = len(specials) + 256
+    if not isinstance(vocab_size, int) or vocab_size < base:
+        raise UsageError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least {base} "
+                         f"(256 byte tokens + {len(specials)} special tokens); pass --vocab-size {base} or more")
+    return specials, pat, vocab_size - base
 
 
 def load_gpt2(rank_file: str | os.PathLike | None = None, allow_download: bool = True) -> BPETokenizer:

@@ -2,7 +2,9 @@
 
 This module owns the training algorithm only: text in, a list of merged token byte strings out.
 It knows nothing about special tokens, token ids as the model sees them, files, or encoding
-text with the result; `bpe.train_bpe` wraps it into a `BPETokenizer`.
+text with the result; `bpe.train_bpe` wraps it into a `BPETokenizer`. The text may come in
+pieces (`count_words` takes an iterable), which is how `tokenfile.train_bpe_file` trains on a
+file larger than memory: only the chunk counts are kept, never the text.
 
 The naive algorithm recounts every pair of the whole corpus after each merge. This one is
 incremental, which is ~100x faster:
@@ -32,20 +34,28 @@ import heapq
 import sys
 import time
 from collections import Counter, defaultdict
-from typing import Callable
+from typing import Callable, Iterable
 
 import regex
 
 ProgressFn = Callable[[int, int], None]  # (merges done, merges wanted) -> None
 
 
-def count_words(text: str, pattern: str) -> dict[bytes, int]:
-    """Pre-split `text` and count each distinct chunk, as UTF-8 bytes.
+def count_words(text: str | Iterable[str], pattern: str) -> dict[bytes, int]:
+    """Pre-split `text` and count each distinct chunk, as UTF-8 bytes, in order of first
+    appearance. `text` may be an iterable of pieces that join to the text; then the counts are
+    those of the joined text only if no chunk of it straddles two pieces (the caller cuts
+    where the pattern cannot match across: see tokenfile._last_safe_cut).
 
     >>> count_words("the cat the", r" ?\\w+")
     {b'the': 1, b' cat': 1, b' the': 1}
+    >>> count_words(["the cat", " the"], r" ?\\w+")
+    {b'the': 1, b' cat': 1, b' the': 1}
     """
-    counts = Counter(regex.findall(pattern, text))
+    split = regex.compile(pattern).findall
+    counts: Counter[str] = Counter()  # chunk -> occurrences; only distinct chunks are held
+    for piece in [text] if isinstance(text, str) else text:
+        counts.update(split(piece))
     return {chunk.encode("utf-8"): n for chunk, n in counts.items()}
 
 

@@ -1,0 +1,97 @@
+"""What the GPU's kernels reach at GPT-2 124M training shapes: the ceilings a training step is
+measured against.
+
+    PYTHONPATH=. python bench/microbench_kernels.py
+
+1. Attention: F.scaled_dot_product_attention forward + backward, causal, bf16, (12, 12, 1024, 64),
+   for each SDPA backend PyTorch offers (flash, cuDNN, memory-efficient); TFLOP/s counts the causal
+   half only (4*B*H*T*T*hs/2 forward, 2.5x that forward + backward).
+2. The step's matmuls (bf16, M = 12*1024 tokens): each Linear's forward (x W^T), its input
+   gradient and its weight gradient, TFLOP/s each, and their sum per training step.
+3. Cross-entropy over (12288, 50304) logits: bf16 logits upcast to fp32 (tinylm's loss) against
+   the loss taken on bf16 logits directly, forward + backward.
+Timing: CUDA events, median of 20 after 5 warm-up calls.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def timed(fn, iters: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of fn() on the GPU."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return statistics.median(out)
+
+
+def attention(B=12, H=12, T=1024, hs=64) -> None:
+    q, k, v = (torch.randn(B, H, T, hs, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn(B, H, T, hs, device="cuda", dtype=torch.bfloat16)
+    fwd_flops = 4 * B * H * T * T * hs / 2
+    print(f"attention (B={B}, H={H}, T={T}, hs={hs}), causal, bf16")
+    for name, backend in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+        try:
+            with sdpa_kernel([backend]):
+                f = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+                fb = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(g))
+        except RuntimeError as e:
+            print(f"  {name:10} unavailable: {str(e).splitlines()[0][:100]}")
+            continue
+        print(f"  {name:10} fwd {f:6.3f} ms ({fwd_flops / f / 1e9:5.0f} TFLOP/s)   fwd+bwd {fb:6.3f} ms "
+              f"({3.5 * fwd_flops / fb / 1e9:5.0f} TFLOP/s)   x12 layers fwd+bwd {12 * fb:6.2f} ms")
+
+
+def matmuls(M=12 * 1024) -> None:
+    shapes = {"qkv": (768, 2304), "attn proj": (768, 768), "fc": (768, 3072), "mlp proj": (3072, 768), "lm_head": (768, 50304)}
+    total = 0.0
+    print(f"matmuls, M={M} tokens, bf16: forward / input grad / weight grad (ms, TFLOP/s)")
+    for name, (k, n) in shapes.items():
+        x = torch.randn(M, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        gy = torch.randn(M, n, device="cuda", dtype=torch.bfloat16)
+        flops = 2 * M * k * n
+        f = timed(lambda: x @ w.t())
+        di = timed(lambda: gy @ w)
+        dw = timed(lambda: gy.t() @ x)
+        per_layer = f + di + dw
+        count = 1 if name == "lm_head" else 12
+        total += count * per_layer
+        print(f"  {name:10} ({k:5}->{n:5}) {f:6.3f} ({flops / f / 1e9:4.0f})  {di:6.3f} ({flops / di / 1e9:4.0f})  "
+              f"{dw:6.3f} ({flops / dw / 1e9:4.0f})   x{count}: {count * per_layer:6.2f} ms")
+    print(f"  all matmuls of one training step: {total:.2f} ms")
+
+
+def cross_entropy(M=12 * 1024, V=50304) -> None:
+    logits = (torch.randn(M, V, device="cuda", dtype=torch.bfloat16)).requires_grad_()
+    y = torch.randint(0, V, (M,), device="cuda")
+    print(f"cross-entropy over ({M}, {V}) bf16 logits, forward + backward")
+    for name, fn in [("fp32 upcast", lambda: F.cross_entropy(logits.float(), y)),
+                     ("bf16", lambda: F.cross_entropy(logits, y))]:
+        ms = timed(lambda: fn().backward())
+        print(f"  eager {name:12} {ms:6.3f} ms")
+        cfn = torch.compile(fn)
+        ms = timed(lambda: cfn().backward())
+        print(f"  compiled {name:9} {ms:6.3f} ms")
+
+
+if __name__ == "__main__":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    print(torch.cuda.get_device_name(), "torch", torch.__version__)
+    attention()
+    matmuls()
+    cross_entropy()

@@ -1,0 +1,58 @@
+"""clipped_step: clipping folded into fused AdamW (grad_scale) must equal clip_grad_norm_ + step,
+and a non-finite loss or gradient must leave every parameter and optimizer state untouched."""
+
+import copy
+
+import pytest
+import torch
+
+from tinylm.model import GPT, GPTConfig
+from tinylm.optim import clipped_step
+
+
+def _model_with_grads(scale: float = 1.0) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, context_size=8, n_layer=1, n_head=2, n_embd=8))
+    x = torch.randint(0, 11, (2, 8))
+    _, loss = model(x, x)
+    (loss * scale).backward()
+    return model
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("clip,scale", [(1.0, 1.0), (0.05, 1.0), (0.0, 1.0), (1.0, 50.0)])
+def test_clipped_step_equals_clip_grad_norm_then_step(fused, clip, scale):
+    ref, ours = _model_with_grads(scale), _model_with_grads(scale)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+    ref_opt.step()
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-2, weight_decay=0.1, fused=fused)
+    ok = clipped_step(opt, ours.parameters(), clip, torch.tensor(1.0))
+    assert bool(ok)
+    for (name, a), b in zip(ref.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    if clip > 0 and scale > 1:  # the clip really acted: an unclipped step would land elsewhere
+        plain = _model_with_grads(scale)
+        torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=0.1).step()
+        assert any(not torch.allclose(p, q) for p, q in zip(plain.parameters(), ours.parameters()))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_clipped_step_skips_non_finite(fused, bad):
+    model = _model_with_grads()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=fused)
+    clipped_step(opt, model.parameters(), 1.0, torch.tensor(1.0))  # one good step creates the state
+    before = copy.deepcopy(model.state_dict())
+    state_before = copy.deepcopy(opt.state_dict())
+    loss = torch.tensor(float("nan") if bad == "loss" else 1.0)
+    if bad == "grad":
+        next(model.parameters()).grad[0, 0] = float("inf")
+    ok = clipped_step(opt, model.parameters(), 1.0, loss)
+    assert not bool(ok)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for pid, st in opt.state_dict()["state"].items():
+        for key, v in st.items():
+            assert torch.equal(v, state_before["state"][pid][key]), (pid, key)
