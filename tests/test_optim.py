@@ -56,3 +56,53 @@ def test_clipped_step_skips_non_finite(fused, bad):
     for pid, st in opt.state_dict()["state"].items():
         for key, v in st.items():
             assert torch.equal(v, state_before["state"][pid][key]), (pid, key)
+
+
+# ---------------------------------------------------------------- tinylm.adamw.AdamW vs torch.optim.AdamW
+
+from tinylm.adamw import AdamW  # noqa: E402
+
+
+def _groups(model):
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+@pytest.mark.parametrize("lr_tensor", [False, True])
+def test_adamw_equals_torch_fused_adamw_exactly(lr_tensor):
+    ours_model, ref_model = _model_with_grads(), _model_with_grads()
+    lr = torch.tensor(3e-3) if lr_tensor else 3e-3
+    ours = AdamW(_groups(ours_model), lr=lr, betas=(0.9, 0.95))
+    ref = torch.optim.AdamW(_groups(ref_model), lr=lr.clone() if lr_tensor else lr, betas=(0.9, 0.95), fused=True)
+    x = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(3))
+    for step in range(4):
+        for m, opt in ((ours_model, ours), (ref_model, ref)):
+            if step:  # fresh gradients from the moved weights
+                opt.zero_grad()
+                m(x, x)[1].backward()
+            opt.grad_scale = torch.tensor(2.0) if step == 1 else None  # as clipping hands it over
+            opt.found_inf = torch.tensor(1.0 if step == 2 else 0.0)  # step 2 is skipped
+            opt.step()
+    for (name, a), b in zip(ref_model.named_parameters(), ours_model.parameters()):
+        assert torch.equal(a, b), name
+    ref_state, our_state = ref.state_dict(), ours.state_dict()
+    assert ref_state["state"].keys() == our_state["state"].keys()
+    for i, st in ref_state["state"].items():
+        for k, v in st.items():
+            assert torch.equal(our_state["state"][i][k], v), (i, k)
+    assert float(our_state["state"][0]["step"]) == 3.0  # the skipped step is not counted
+
+
+def test_adamw_state_dict_loads_both_ways():
+    a_model, b_model = _model_with_grads(), _model_with_grads()
+    ours = AdamW(_groups(a_model), lr=1e-2)
+    ours.step()
+    ref = torch.optim.AdamW(_groups(b_model), lr=1e-2, fused=True)
+    ref.load_state_dict(ours.state_dict())  # tinylm -> torch
+    back = AdamW(_groups(a_model), lr=5.0)
+    back.load_state_dict(ref.state_dict())  # torch -> tinylm, hyperparameters included
+    assert back.param_groups[0]["lr"] == 1e-2
+    for p in a_model.parameters():
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(back.state[p][k], ours.state[p][k]), k

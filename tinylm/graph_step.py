@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .adamw import AdamW
 from .optim import clipped_step
 
 WARMUP_STEPS = 3  # uncaptured steps first: autograd, cuBLAS and cuDNN allocate workspaces, torch.compile compiles
@@ -36,7 +37,7 @@ class GraphedStep:
         self.forward = model if forward is None else forward  # model(x, y) -> (logits, loss); e.g. torch.compile(model)
         self.after_step = after_step  # device work after each update, recorded too (the weight average)
         self.lr = torch.tensor(cfg.lr, device=dev, dtype=torch.float32)
-        self.opt = torch.optim.AdamW(param_groups, lr=self.lr, betas=(cfg.beta1, cfg.beta2), fused=True, capturable=True)
+        self.opt = AdamW(param_groups, lr=self.lr, betas=(cfg.beta1, cfg.beta2))  # the lr tensor makes it capturable
         k = cfg.grad_accum
         self.x = torch.zeros((k, *batch_shape), dtype=torch.long, device=dev)  # (k, B, T) static inputs
         self.y = torch.zeros((k, *batch_shape), dtype=torch.long, device=dev)  # (k, B, T) static targets

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from . import adamw as fused_adamw
 from .model import GPT
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class Optimizers:
     """Several optimizers stepped as one (Muon covers some parameters, AdamW the rest)."""
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+    def __init__(self, optimizers: list):
         self.optimizers = optimizers
 
     @property
@@ -58,15 +59,18 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
     Muon instead (Jordan et al. 2024: orthogonalised momentum), its learning rate matched to
     AdamW's update size so one --lr serves both."""
     hidden = [p for b in model.blocks for p in b.parameters() if p.dim() == 2] if cfg.optimizer == "muon" else []
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        param_groups(model, cfg, {id(p) for p in hidden}), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")]
+    groups = param_groups(model, cfg, {id(p) for p in hidden})
+    if fused_adamw.available(device):  # torch's fused kernel, without importing torch._dynamo (adamw.py)
+        opts: list = [fused_adamw.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]
+    else:
+        opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]
     if hidden:
         opts.append(torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     return Optimizers(opts)
 
 
-def _fused_adam(o: torch.optim.Optimizer) -> bool:
-    return isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups)
+def _fused_adam(o) -> bool:
+    return getattr(o, "fused_kernel", False) or (isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups))
 
 
 def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor) -> torch.Tensor:
