@@ -45,6 +45,8 @@ for run in "$@"; do
     d35_wd3_t50) ttl $run $NANO --dropout 0.35 --weight-decay 3.0 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 50 --eval-interval 200 --cuda-graph ;;
     speedrun) ttl $run --preset speedrun ;;
     s60) ttl $run --preset speedrun60 ;;
+    s60_t53) ttl $run --preset speedrun60 --time 53 ;;
+    speedrun_t18) ttl $run --preset speedrun --time 18 ;;
     s60_seed*) ttl $run --preset speedrun60 --seed ${run#s60_seed} ;;
     s60_ema995) ttl $run --preset speedrun60 --ema 0.995 ;;
     s60_ema998) ttl $run --preset speedrun60 --ema 0.998 ;;

@@ -313,7 +313,9 @@ def test_gather_batch_on_cpu():
     x, y = gather_batch(ids, torch.tensor([0, 10, 985]), 14)
     assert x.shape == y.shape == (3, 14) and x.dtype == y.dtype == torch.int64
     assert x[:, 0].tolist() == [40_000, 40_010, 40_985] and torch.equal(y, x + 1)
-    assert not x.is_pinned()  # no CUDA: nothing to pin for
+    assert x.is_pinned() == torch.cuda.is_available()  # pinned only when there is a GPU to copy to
+    x, _ = gather_batch(ids, torch.tensor([0]), 14, pin=False)
+    assert not x.is_pinned()
 
 
 @cuda
