@@ -25,7 +25,7 @@ PRESETS: dict[str, dict] = {
                 batch_size=16, lr=5e-3, min_lr=5e-4, warmup_steps=30, weight_decay=0.1, eval_interval=400),
     "speedrun": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.2,
                      batch_size=64, lr=2e-3, min_lr=2e-4, beta2=0.99, warmup_steps=50, weight_decay=0.1,
-                     time_budget=16.0, eval_interval=100),
+                     time_budget=18.0, eval_interval=100),
     # best validation loss within a minute: the same model, regularised harder (dropout, weight decay),
     # twice the batch at 1.5x the rate (the graph-replayed step is launch-bound: more tokens per step are cheap)
     "speedrun60": dict(n_embd=384, n_layer=6, n_head=6, context_size=256, d_ff=1536, dropout=0.35,
