@@ -16,10 +16,12 @@ import torch
 
 from conftest import make_text, tiny_config
 from tinylm import tokenfile as tf
+from tinylm import tokenstream as ts
 from tinylm.data import ChunkBatches, eval_windows, read_text, split_tokens
 from tinylm.errors import UsageError
 from tinylm.model import GPT
-from tinylm.tokenfile import TokenWindows, gather_batch, id_dtype, scan_text, split_memmap, token_file
+from tinylm.tokenfile import id_dtype, scan_text, token_file
+from tinylm.tokenstream import TokenWindows, gather_batch, split_memmap
 from tinylm.tokenizers import CharTokenizer, Tokenizer
 from tinylm.tokenizers.bpe import train_bpe
 from tinylm.train import Trainer, TrainConfig, seed_everything
@@ -333,15 +335,15 @@ def test_gather_batch_pins_and_stream_moves_to_gpu():
 
 @cuda
 def test_stream_too_large_for_gpu_stays_on_host(monkeypatch):
-    monkeypatch.setattr(tf, "DEVICE_SHARE", 0.0)
+    monkeypatch.setattr(ts, "DEVICE_SHARE", 0.0)
     stream = TokenWindows(np.arange(100, dtype=np.uint16))
     assert stream.to("cuda") is stream
 
 
 @cuda
-@pytest.mark.parametrize("share", [tf.DEVICE_SHARE, 0.0])  # the stream on the GPU / left on the host
+@pytest.mark.parametrize("share", [ts.DEVICE_SHARE, 0.0])  # the stream on the GPU / left on the host
 def test_trainer_on_gpu_from_memmap(tmp_path, monkeypatch, char_ids, corpus_text, share):
-    monkeypatch.setattr(tf, "DEVICE_SHARE", share)
+    monkeypatch.setattr(ts, "DEVICE_SHARE", share)
     ids, ref_ids = char_ids
     tok = CharTokenizer.train(corpus_text)
 

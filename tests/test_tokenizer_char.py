@@ -129,3 +129,10 @@ def test_from_dict_rejects_unknown_types():
 def test_duplicate_vocabulary_is_rejected():
     with pytest.raises(ValueError):
         CharTokenizer(["a", "a"])
+
+
+def test_replace_without_an_unk_token_is_a_clear_error():
+    tok = CharTokenizer(list("ab"), specials=())
+    with pytest.raises(UsageError, match="no <UNK> token"):
+        tok.encode("abc", unknown="replace")
+    assert tok.encode("ab", unknown="replace") == [0, 1]

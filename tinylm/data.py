@@ -105,7 +105,7 @@ def eval_windows(tokens: torch.Tensor | np.ndarray, context: int, batch_size: in
     windows of `context` inputs, the last one padded (inputs 0, targets -1 = ignored). Every
     batch is (batch_size, context) so the eval step keeps one shape.
 
-    `tokens` is an int64 tensor, a `tokenfile.TokenWindows`, or a 1-D numpy array such as a
+    `tokens` is an int64 tensor, a `tokenstream.TokenWindows`, or a 1-D numpy array such as a
     token-file memmap; each batch reads only its own ids, so nothing the size of the stream is
     built. e.g. 10 tokens, context 4, batch 2: targets 1..9 go to windows [1-4] [5-8] [9 + 3
     pads] and a fully padded fourth, in batches of two windows."""

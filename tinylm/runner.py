@@ -22,7 +22,8 @@ from .checkpoint import load_model
 from .chat import format_qa, load_qa_json
 from .corpus import default_corpus
 from .data import split_tokens
-from .tokenfile import TextInfo, scan_text, split_memmap, token_file
+from .tokenfile import TextInfo, scan_text, token_file
+from .tokenstream import split_memmap
 from .tokenizers.base import BOS, EOS
 from .device import resolve_device
 from .errors import UsageError

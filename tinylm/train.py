@@ -134,7 +134,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 def evaluate(model, tokens: torch.Tensor | np.ndarray, context: int, batch_size: int, device: torch.device,
              dtype: torch.dtype | None = None) -> float:
     """Mean next-token cross-entropy over every token of `tokens` (exact, not sampled).
-    `tokens`: an int64 tensor, a `tokenfile.TokenWindows`, or a numpy array / token-file memmap,
+    `tokens`: an int64 tensor, a `tokenstream.TokenWindows`, or a numpy array / token-file memmap,
     read one batch at a time (see `data.eval_windows`); the loss is the same for each."""
     was_training = model.training
     model.eval()

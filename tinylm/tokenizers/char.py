@@ -64,9 +64,12 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             pass
         missing = self.unknown_chars(text)
-        if unknown == "replace":
+        if unknown == "replace" and UNK in stoi:
             unk = stoi[UNK]
             return [stoi.get(c, unk) for c in text]
+        if unknown == "replace":  # a vocabulary built without specials has nothing to map them to
+            raise UsageError(f"the text has {len(missing)} character(s) the model's vocabulary lacks and the vocabulary "
+                             "has no <UNK> token to map them to; remove them from the text")
         shown = " ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise UsageError(
             f"the text has {len(missing)} character(s) the model's vocabulary lacks: {shown}; "
