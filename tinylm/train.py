@@ -28,9 +28,9 @@ from .checkpoint import BackgroundSaver
 from .corpus import cache_dir
 from .data import ChunkBatches, TokenSplit, eval_windows
 from .device import autocast_dtype, configure, resolve_device
+from .ema import EMA
 from .errors import UsageError
 from .log import Progress, log
-from .ema import EMA
 from .model import GPT
 from .optim import clipped_step, make_optimizer, param_groups
 from .schedule import PlateauState, cosine_lr, plateau_update
