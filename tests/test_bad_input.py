@@ -165,7 +165,7 @@ CASES = [
     NUM("--epochs", "-1"), NUM("--time", "-1", "--time", "-1.0"), NUM("--batch-size", "0"), NUM("--grad-accum", "0"),
     NUM("--lr", "0", "--lr", "0.0"), NUM("--min-lr", "1", "--min-lr", "1.0"), NUM("--warmup", "-1"), NUM("--patience", "-1"),
     NUM("--beta1", "1", "--beta1", "1.0"), NUM("--beta2", "1.5", "--beta2", "1.5"), NUM("--weight-decay", "-1", "--weight-decay", "-1.0"),
-    NUM("--grad-clip", "-1", "--grad-clip", "-1.0"), NUM("--eval-interval", "-1"), NUM("--val-fraction", "1", "--val-fraction", "1.0"),
+    NUM("--grad-clip", "-1", "--grad-clip", "-1.0"), NUM("--ema", "1", "--ema", "1.0"), NUM("--eval-interval", "-1"), NUM("--val-fraction", "1", "--val-fraction", "1.0"),
     NUM("--log-interval", "0"), NUM("--checkpoint-every", "-1"), NUM("--checkpoint-minutes", "-1", "--checkpoint-minutes", "-1.0"),
     NUM("--keep-checkpoints", "0"), NUM("--heads", "0"), NUM("--embd", "0"), NUM("--context", "0"), NUM("--ff", "-1"),
     NUM("--dropout", "1", "--dropout", "1.0"), NUM("--softcap", "-1", "--softcap", "-1.0"), NUM("--vocab-size", "10", "--vocab-size", "10", "260", cmd="train-bpe"),
