@@ -17,25 +17,20 @@ from __future__ import annotations
 
 import statistics
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from anywhere
+from bench_train import time_steps  # noqa: E402
+
 
 def timed(fn, iters: int = 20, warmup: int = 5) -> float:
-    """Median milliseconds of fn() on the GPU."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    """Median milliseconds of fn() on the GPU (bench_train.time_steps: CUDA events per call)."""
+    return statistics.median(time_steps(fn, warmup, iters)) * 1e3
 
 
 def attention(B=12, H=12, T=1024, hs=64) -> None:
