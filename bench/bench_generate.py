@@ -5,6 +5,7 @@ running the same weights, in the same process.
     python bench/bench_generate.py --device cpu                      # char shape on the CPU
     python bench/bench_generate.py --device cuda --shapes char       # GPU: CUDA graph and compiled decoding
     python bench/bench_generate.py --device cuda --shapes gpt2
+    python bench/bench_generate.py --device cpu --weights fp32,fp16,int8  # + reduced-precision CPU weights
 
 Shapes (random weights: decoding speed does not depend on their values):
     char  nanoGPT's shakespeare_char: 6 layers, 6 heads, 384 wide, context 256, vocab 65;
@@ -19,11 +20,20 @@ device. Reported per (shape, batch, engine): new tokens per second summed over t
 sequence, time to first token (prefill + first token, engine already built), setup (building
 the engine: CUDA graph recording, compilation), and the ratio to HF. Output: a markdown table
 on stdout; --json PATH also writes the raw numbers. Needs `transformers` (a bench extra).
+
+--weights (CPU): tinylm rows for each kind of Linear weights (cpu_weights.py: fp32 as trained,
+fp16, or int8 with bf16 activations), each a converted copy of the same model. HF always runs
+the fp32 weights: it is the peer as shipped, so "vs HF" of an fp16/int8 row compares a lossy
+tinylm with an exact HF. For those rows "top-1 = fp32" counts the positions of the fp32 greedy
+sequence (prompt + new tokens, teacher-forced) where the converted model's most likely next token
+is the fp32 model's; free-running greedy text instead diverges for good at its first flip, which
+"greedy vs HF" reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -35,6 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from tinylm.cpu_weights import check_kind, convert_linear_weights  # noqa: E402
+from tinylm.errors import UsageError  # noqa: E402
 from tinylm.generate import Engine, SamplingConfig  # noqa: E402
 from tinylm.model import GPT, GPTConfig  # noqa: E402
 
@@ -123,10 +135,10 @@ def hf_kwargs(sampled: bool, n_new: int) -> dict:
     return kw | (dict(do_sample=True, temperature=0.8, top_k=50, top_p=1.0) if sampled else dict(do_sample=False))
 
 
-# A runner: {"engine", "new", "run": () -> ids, "first": () -> ids (one new token), "setup": seconds}.
+# A runner: {"engine", "weights", "new", "run": () -> ids, "first": () -> ids (one new token), "setup": seconds}.
 
-def ours(model, prompt, lengths: list[int], decode: str, args, device) -> list[dict]:
-    """One engine (one recording / compilation) for all lengths."""
+def ours(model, prompt, lengths: list[int], decode: str, args, device, weights: str = "fp32") -> list[dict]:
+    """One engine (one recording / compilation) for all lengths; `model` already holds `weights`."""
     sync(device)
     t0 = time.perf_counter()
     engine = Engine(model, prompt.size(0), model.cfg.vocab_size, sampling(args, max(lengths)), eos_id=None, decode=decode,
@@ -134,13 +146,13 @@ def ours(model, prompt, lengths: list[int], decode: str, args, device) -> list[d
     sync(device)
     setup = time.perf_counter() - t0
     first = lambda: engine(prompt, max_new_tokens=1)  # noqa: E731
-    return [dict(engine=f"tinylm {engine.mode}", new=n, setup=setup, first=first,
+    return [dict(engine=f"tinylm {engine.mode}", weights=weights, new=n, setup=setup, first=first,
                  run=lambda n=n: engine(prompt, max_new_tokens=n)) for n in lengths]
 
 
 def theirs(hf, prompt, n_new: int, args) -> dict:
     kw, mask = hf_kwargs(args.sampled, n_new), torch.ones_like(prompt)
-    return dict(engine="HF generate", new=n_new, setup=0.0,
+    return dict(engine="HF generate", weights="fp32", new=n_new, setup=0.0,
                 run=lambda: hf.generate(prompt, attention_mask=mask, **kw),
                 first=lambda: hf.generate(prompt, attention_mask=mask, **(kw | dict(max_new_tokens=1, min_new_tokens=1))))
 
@@ -166,6 +178,26 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
     return "identical" if diff.numel() == 0 else f"differ from token {int(diff[0])} of {a.size(1)}"
 
 
+@torch.inference_mode()
+def top1_agreement(model, ref_model, seq: torch.Tensor, start: int) -> tuple[int, int]:
+    """seq (1, T): a greedy sequence of ref_model. -> (positions from `start` on where model's most
+    likely next token is ref_model's, how many positions): teacher-forced, so one flip does not
+    change every later comparison. T must fit the context."""
+    ours_, _ = model(seq)  # (1, T, V)
+    ref, _ = ref_model(seq)
+    agree = ours_[0, start - 1:-1].argmax(-1) == ref[0, start - 1:-1].argmax(-1)  # (T - start,)
+    return int(agree.sum()), agree.numel()
+
+
+def converted(model: GPT, kinds: list[str]) -> dict[str, GPT]:
+    """kind -> the model with Linear weights of that kind (fp32: the model itself)."""
+    out = {}
+    for kind in kinds:
+        out[kind] = model if kind == "fp32" else copy.deepcopy(model)
+        convert_linear_weights(out[kind], kind)
+    return out
+
+
 def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> list[dict]:
     fields, n_new = SHAPES[name]
     n_new = args.tokens or n_new
@@ -177,27 +209,36 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype) -> li
         print(f"[{name}] HF conversion: max |logit diff| {check_conversion(model, hf):.2e} (fp32, CPU)", file=sys.stderr)
         hf = hf.to(device=device, dtype=dtype)
     model = model.to(device=device, dtype=dtype)
+    fp32_model = copy.deepcopy(model) if set(args.weights) - {"fp32"} else None  # the reference for "top-1 = fp32"
+    models = converted(model, args.weights)
     n_hf = min(n_new, fields["context_size"] - PROMPT_LEN)  # HF's learned positions end at the context
     rows = []
     for batch in args.batches:
         prompt = torch.randint(0, fields["vocab_size"], (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
         prompt = prompt.expand(batch, -1).contiguous().to(device)
         lengths = sorted({n_new, n_hf}, reverse=True)
-        runners = [r for decode in args.decodes for r in ours(model, prompt, lengths, decode, args, device)]
+        runners = [r for kind, m in models.items() for decode in args.decodes
+                   for r in ours(m, prompt, lengths, decode, args, device, kind)]
         ref = theirs(hf, prompt, n_hf, args) if hf is not None else None
         measure(runners + ([ref] if ref else []), device, args.repeats)
+        fp32_tokens = {r["new"]: r["tokens"] for r in runners if r["weights"] == "fp32"}
         for r in runners + ([ref] if ref else []):
             rate = batch * r["new"] / r["seconds"]
-            print(f"[{name} b={batch}] {r['engine']:16s} {r['new']:5d} tokens: {rate:9.0f} tok/s", file=sys.stderr)
+            print(f"[{name} b={batch}] {r['engine']:16s} {r['weights']} {r['new']:5d} tokens: {rate:9.0f} tok/s", file=sys.stderr)
             vs_hf, agree = None, ""
             if ref is not None and r is not ref:
                 if r["new"] == ref["new"]:  # like for like only
                     vs_hf = rate / (batch * ref["new"] / ref["seconds"])
                 if not args.sampled:
                     agree = first_difference(r["tokens"][:, :ref["new"]], ref["tokens"])
-            rows.append(dict(shape=name, batch=batch, engine=r["engine"], new_tokens=r["new"], tok_s=rate,
+            top1 = ""
+            seq_len = PROMPT_LEN + r["new"]
+            if r["weights"] != "fp32" and not args.sampled and r["new"] in fp32_tokens and seq_len <= fields["context_size"]:
+                seq = torch.cat([prompt[:1], fp32_tokens[r["new"]][:1]], dim=1)  # (1, T): row 0's fp32 greedy sequence
+                top1 = "{}/{}".format(*top1_agreement(models[r["weights"]], fp32_model, seq, PROMPT_LEN))
+            rows.append(dict(shape=name, batch=batch, engine=r["engine"], weights=r["weights"], new_tokens=r["new"], tok_s=rate,
                              tok_s_per_seq=rate / batch, ms_per_step=1000 * r["seconds"] / r["new"],
-                             ttft_ms=1000 * r["ttft"], setup_s=r["setup"], vs_hf=vs_hf, greedy_vs_hf=agree))
+                             ttft_ms=1000 * r["ttft"], setup_s=r["setup"], vs_hf=vs_hf, greedy_vs_hf=agree, top1_vs_fp32=top1))
     return rows
 
 
@@ -218,14 +259,14 @@ def machine(device: torch.device) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| shape | batch | engine | new tokens | tok/s (batch) | tok/s per seq | ms/step | TTFT ms | setup s | vs HF "
-            "| greedy vs HF |")
+    head = ("| shape | batch | engine | weights | new tokens | tok/s (batch) | tok/s per seq | ms/step | TTFT ms | setup s "
+            "| vs HF | greedy vs HF | top-1 = fp32 |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         vs = f"{r['vs_hf']:.1f}x" if r["vs_hf"] else ""
-        lines.append(f"| {r['shape']} | {r['batch']} | {r['engine']} | {r['new_tokens']} | {r['tok_s']:.0f} | "
+        lines.append(f"| {r['shape']} | {r['batch']} | {r['engine']} | {r['weights']} | {r['new_tokens']} | {r['tok_s']:.0f} | "
                      f"{r['tok_s_per_seq']:.0f} | {r['ms_per_step']:.2f} | {r['ttft_ms']:.1f} | {r['setup_s']:.2f} | {vs} | "
-                     f"{r['greedy_vs_hf']} |")
+                     f"{r['greedy_vs_hf']} | {r['top1_vs_fp32']} |")
     return "\n".join(lines)
 
 
@@ -243,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=0, help="new tokens (0 = the shape's default)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, interleaved; the best is reported")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+    p.add_argument("--weights", default="fp32", help="comma list of tinylm Linear weight kinds, CPU only: fp32, fp16, "
+                   "int8 (cpu_weights.py; HF always runs fp32)")
     p.add_argument("--sampled", action="store_true", help="temperature 0.8, top-k 50 instead of greedy (both engines)")
     p.add_argument("--no-hf", dest="hf", action="store_false", help="skip the HF transformers baseline")
     p.add_argument("--json", help="also write the rows as JSON here")
@@ -255,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     shapes = (args.shapes or ("char,gpt2" if device.type == "cuda" else "char")).split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
     args.decodes = (args.decodes or ("graph,compile" if device.type == "cuda" else "eager")).split(",")
+    args.weights = args.weights.split(",")
+    try:
+        for kind in args.weights:
+            check_kind(kind, device)
+    except UsageError as e:
+        p.error(str(e))
     rows = [r for name in shapes for r in bench_shape(name, args, device, dtype)]
     print(f"Machine: {machine(device)}; dtype {str(dtype).replace('torch.', '')}; "
           f"{'sampled (T 0.8, top-k 50)' if args.sampled else 'greedy'}; prompt {PROMPT_LEN} tokens; best of {args.repeats}\n")

@@ -29,6 +29,7 @@ from tinylm.tokenizers import CharTokenizer
 CORPUS = make_text(3000, seed=3)
 TRAIN_TINY = ["--layers", "1", "--embd", "32", "--heads", "2", "--context", "16", "--steps", "1", "--batch-size", "2"]
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 NOT_ROOT = pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can read anything")
 HAS_SYS = pytest.mark.skipif(not sys.platform.startswith("linux") or os.access("/sys", os.W_OK | os.X_OK) and os.geteuid() != 0,
                              reason="needs Linux's read-only /sys")
@@ -176,6 +177,8 @@ CASES = [
          CORPUS_FILE, ["--cuda-graph", "adamw"]),
     Case("tinylm-cuda-graph-on-cpu", T("train", *TRAIN_TINY, "--cuda-graph", "--device", "cpu", "-d", "corpus.txt", "-o", "out.model"),
          CORPUS_FILE, ["--cuda-graph", "CUDA"]),
+    Case("tinylm-cpu-weights-on-cuda", T("generate", "-m", "tiny.model", "-p", "the", "--device", "cuda", "--weights", "int8"),
+         MODEL_FILE, ["--weights int8", "CPU", "--device cpu"], marks=(NEEDS_CUDA,)),
     Case("tinylm-samples-and-beams", T("generate", "-m", "tiny.model", "-p", "the", "--num-samples", "2", "--beams", "2"), MODEL_FILE,
          ["--beams", "--num-samples"]),
     Case("tinylm-resume-and-model", T("train", "--resume", "-m", "tiny.model", "-d", "corpus.txt", "-o", "out.model"),
@@ -207,6 +210,7 @@ CASES = [
     Case("main-cpu-and-gpu", M("-t", "-c", "-g", "-d", "corpus.txt"), CORPUS_FILE, ["not allowed with argument"], argparse=True),
     Case("tinylm-top-k-not-a-number", T("generate", "-m", "tiny.model", "-p", "the", "--top-k", "abc"), MODEL_FILE, ["--top-k", "abc"], argparse=True),
     Case("tinylm-unknown-positions", T("train", "--positions", "alibi", "-d", "corpus.txt"), CORPUS_FILE, ["--positions", "alibi"], argparse=True),
+    Case("tinylm-unknown-weights", T("generate", "-m", "tiny.model", "-p", "the", "--weights", "int4"), MODEL_FILE, ["--weights", "int4"], argparse=True),
     Case("tinylm-generate-without-prompt", T("generate", "-m", "tiny.model"), MODEL_FILE, ["-p/--prompt"], argparse=True),
 ]
 

@@ -122,6 +122,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "auto = roll for RoPE models, slide otherwise")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = auto: one for models under 50M parameters, "
                    "whose one-token steps are too small to split, else one per core)")
+    p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="CPU only: precision of the Linear weights while decoding: fp32 (default, exact), fp16 "
+                        "(faster, near-lossless) or int8 (fastest at batch 1; per-channel int8 with bf16 activations: "
+                        "logits move slightly, so greedy text drifts from fp32's after a while)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +205,7 @@ def _generation_setup(args):
     import torch  # noqa: PLC0415
 
     from .checkpoint import load_model  # noqa: PLC0415
+    from .cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
     from .device import resolve_device  # noqa: PLC0415
 
     cfg = sampling_from_args(args)
@@ -209,12 +214,14 @@ def _generation_setup(args):
     if any(s == "" for s in args.stop):
         raise UsageError("--stop must not be empty; give the text at which a sample should end")
     device = resolve_device(args.device)
+    check_kind(args.weights, device)
     loaded = load_model(args.model, device)
     # Decoding a small model is a chain of tiny matrix-vector products: splitting them over threads
     # gains nothing measurable and, on a busy machine, waiting for the slowest thread costs up to
     # 10x (bench/RESULTS.md, Generation).
     if args.threads or (device.type == "cpu" and loaded.model.num_params() < 50_000_000):
         torch.set_num_threads(args.threads or 1)
+    convert_linear_weights(loaded.model, args.weights)  # after the parameter count above: int8 weights are not parameters
     return cfg, loaded
 
 

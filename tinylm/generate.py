@@ -61,6 +61,23 @@ def cpu_weight_layout(model) -> None:
                 module.weight.data = module.weight.data.t().contiguous().t()
 
 
+# Decoding one token per row on CUDA (up to decode_linear.MAX_ROWS rows) runs each block on
+# decode_linear.py's fused kernels (LayerNorm and activation folded into the matrix products)
+# when triton is installed. Read at every
+# forward_at: a recorded CUDA graph keeps the path it was recorded with.
+FUSED_LINEAR = True
+
+
+def _fused_linear(model, x: torch.Tensor):
+    """The decode_linear module when a step on x may use it, else None. Imported here, not at the
+    top: CPU-only installs need not pay for importing triton."""
+    if not FUSED_LINEAR or x.device.type != "cuda":
+        return None
+    from . import decode_linear
+
+    return decode_linear if decode_linear.fusable(model) else None
+
+
 def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) -> torch.Tensor:
     """The model's forward for decoding: idx (B, T) at positions pos (T,), keys and values through
     `cache` in static mode -> logits of the last position (B, V_padded).
@@ -77,9 +94,17 @@ def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) ->
     elif rope is None:
         rope = (model.rope_cos[pos], model.rope_sin[pos])  # (T, hs/2) each
     cache.set_positions(pos)
-    for i, block in enumerate(model.blocks):
-        x = block(x, rope, cache, i)
-    logits = model.lm_head(model.ln_f(x[:, -1]))  # (B, V_padded)
+    fused = _fused_linear(model, x)
+    if fused is not None and x.size(1) == 1 and x.size(0) <= fused.MAX_ROWS:  # one token per row: five kernels per block
+        x = x[:, 0]  # (B, C)
+        for i, block in enumerate(model.blocks):
+            x = fused.decode_block(block, x, rope, cache, i)
+        ln = model.ln_f
+        logits = fused.fused_linear(x, model.lm_head.weight, model.lm_head.bias, ln=(ln.weight, ln.bias, ln.eps))  # (B, V_padded)
+    else:
+        for i, block in enumerate(model.blocks):
+            x = block(x, rope, cache, i)
+        logits = model.lm_head(model.ln_f(x[:, -1]))  # (B, V_padded)
     if cfg.logit_softcap > 0:
         logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
     return logits
