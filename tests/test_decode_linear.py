@@ -85,6 +85,17 @@ def test_a_head_wide_enough_for_looped_tiles(device):
                                rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B", [1, 2])  # one row: the fused kernel; two rows of a wide head: the modules
+def test_decode_head_equals_the_modules(device, B):
+    torch.manual_seed(3)
+    ln_f, head = torch.nn.LayerNorm(24).to(device), torch.nn.Linear(24, decode_linear.WIDE_HEAD, bias=False).to(device)
+    torch.nn.init.normal_(ln_f.weight), torch.nn.init.normal_(ln_f.bias)
+    x = torch.randn(B, 24, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(decode_linear.decode_head(ln_f, head, x), head(ln_f(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_fused_linear_refuses_mismatched_shapes():
     x = torch.zeros(2, 8)
     with pytest.raises(ValueError, match="agree on K"):

@@ -54,7 +54,11 @@ AVAILABLE = triton is not None
 ACTIVATIONS = {"none": 0, "gelu": 1, "relu": 2, "silu": 3, "relu2": 4}
 # Rows up to which forward_at uses the kernel: each row is its own program and reads W again
 # (from L2). At batch 16 cuBLAS's unfused products were as fast or faster (bench/RESULTS.md).
+# (char model: faster than unfused up to 8 rows; GPT-2 124M: faster at 2, even at 4.) And a head
+# of at least WIDE_HEAD outputs runs unfused beyond one row: GPT-2's (77 MB of bf16, more than
+# L2 holds) took 43 us at 2 rows and 81 at 4, cuBLAS 26.
 MAX_ROWS = 4
+WIDE_HEAD = 16384
 
 if AVAILABLE:
 
@@ -176,6 +180,13 @@ def fusable(model) -> bool:
     """Whether decode_block can run this model's blocks (every model.py block today: LayerNorm
     with an affine weight, any position scheme, any activation, QK-norm)."""
     return AVAILABLE and all(b.ln1.weight is not None and b.ln2.weight is not None for b in model.blocks)
+
+
+def decode_head(ln_f, lm_head, x: torch.Tensor) -> torch.Tensor:
+    """lm_head(ln_f(x)) for x (B, C) -> logits (B, V), fused unless the head is wide and B > 1."""
+    if x.size(0) > 1 and lm_head.weight.size(0) >= WIDE_HEAD:
+        return lm_head(ln_f(x))
+    return fused_linear(x, lm_head.weight, lm_head.bias, ln=_ln(ln_f))
 
 
 def decode_block(block, x: torch.Tensor, rope, cache, layer: int) -> torch.Tensor:

@@ -99,8 +99,7 @@ def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) ->
         x = x[:, 0]  # (B, C)
         for i, block in enumerate(model.blocks):
             x = fused.decode_block(block, x, rope, cache, i)
-        ln = model.ln_f
-        logits = fused.fused_linear(x, model.lm_head.weight, model.lm_head.bias, ln=(ln.weight, ln.bias, ln.eps))  # (B, V_padded)
+        logits = fused.decode_head(model.ln_f, model.lm_head, x)  # (B, V_padded)
     else:
         for i, block in enumerate(model.blocks):
             x = block(x, rope, cache, i)
