@@ -27,7 +27,8 @@ alone, and the whole step, sampling included, can run inside a CUDA graph.
 
 Speed. Decoding drives the cache in static mode (kv_cache.py): fixed shapes, the position in a
 device tensor. On CUDA one step (forward, sampling, bookkeeping) is recorded once as a CUDA graph
-and replayed for every token, optionally after torch.compile has fused its kernels. The host
+and replayed for every token, optionally after torch.compile has fused its kernels; for up to
+decode_linear.MAX_ROWS rows the blocks run on decode_linear.py's fused kernels (five per block). The host
 reads tokens back only when a callback wants them (streaming, stop strings), or every
 `sync_every` steps to learn whether every row has finished.
 """
