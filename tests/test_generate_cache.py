@@ -204,3 +204,25 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(decode, positions):
         want = eager(prompt)
         assert torch.equal(recorded(prompt), want)
         assert torch.equal(recorded(prompt), want)  # a second call replays the same recording
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_compiled_static_store_equals_the_eager_one(rolling):
+    # Under torch.compile the static cache stores through an index on the whole buffer (kv_cache.py
+    # says why); it must write the same slots and give the same attention as index_copy_ eagerly.
+
+    g = torch.Generator().manual_seed(0)
+    L, B, nh, S, hs = 3, 2, 2, 8, 4
+    caches = [KVCache(L, B, nh, S, hs, rolling=rolling) for _ in range(2)]
+    start = torch.randn(L, B, nh, S, hs, generator=g)
+    for c in caches:
+        c.k.copy_(start), c.v.copy_(-start)
+    q, k, v = (torch.randn(B, nh, 2, hs, generator=g) for _ in range(3))
+    pos = torch.tensor([9, 10]) if rolling else torch.tensor([5, 6])
+    for c in caches:
+        c.set_positions(pos)
+    want = caches[0].attend(1, q, k, v)
+    got = torch.compile(caches[1].attend, backend="aot_eager", fullgraph=True)(1, q, k, v)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(caches[1].k, caches[0].k) and torch.equal(caches[1].v, caches[0].v)
+    assert not torch.equal(caches[0].k, start)  # the store did happen

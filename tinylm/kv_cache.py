@@ -56,6 +56,7 @@ class KVCache:
         self.rolling = rolling
         self.pos = 0  # prefix mode: positions filled so far; the next token goes to slot `pos`
         self.slot_ids = torch.arange(max_len, device=device)  # (S,)
+        self.layer_ids = torch.arange(n_layer, device=device)  # (L,)
         self._open = torch.zeros((), device=device, dtype=dtype)  # the two values of an additive mask
         self._shut = torch.full((), float("-inf"), device=device, dtype=dtype)
         self.positions: torch.Tensor | None = None  # static mode: (T,) positions of the next forward's tokens
@@ -87,9 +88,19 @@ class KVCache:
     def _attend_static(self, layer: int, q, k, v) -> torch.Tensor:
         if self.slots is None:  # one token: store and attend in one kernel, over the filled slots only
             return self._fused(q, k, v, self.k, self.v, layer, self.positions, self.rolling)  # (B, nh, 1, hs)
+        if torch.compiler.is_compiling():
+            # Stored by indexing the whole buffer, (layer, slot) -> (B, nh, hs): an index_copy_ into the
+            # view k[layer] made inductor copy the whole (L, B, nh, S, hs) buffer back after it, three
+            # buffer copies per step (GPT-2 124M, batch 16: 3.8 ms a step instead of ~0.8). Eagerly the
+            # index_copy_ below is the cheaper op (2.2 vs 4.7 us on the CPU). The layer goes in as a
+            # 1-element index tensor: an int would make k[layer] a view again.
+            at = self.layer_ids[layer:layer + 1]  # (1,)
+            self.k[at, :, :, self.slots] = k.to(self.k.dtype).permute(2, 0, 1, 3)  # (T, B, nh, hs) into (L, B, nh, S, hs)
+            self.v[at, :, :, self.slots] = v.to(self.v.dtype).permute(2, 0, 1, 3)
+        else:
+            self.k[layer].index_copy_(2, self.slots, k.to(self.k.dtype))
+            self.v[layer].index_copy_(2, self.slots, v.to(self.v.dtype))
         kb, vb = self.k[layer], self.v[layer]  # (B, nh, S, hs) each, views into the buffers
-        kb.index_copy_(2, self.slots, k.to(kb.dtype))
-        vb.index_copy_(2, self.slots, v.to(vb.dtype))
         n = self.filled or self.max_len
         return F.scaled_dot_product_attention(q, kb[:, :, :n], vb[:, :, :n], attn_mask=self.mask[:, :n])  # (B, nh, T, hs)
 
