@@ -177,6 +177,8 @@ CASES = [
          CORPUS_FILE, ["--cuda-graph", "adamw"]),
     Case("tinylm-cuda-graph-on-cpu", T("train", *TRAIN_TINY, "--cuda-graph", "--device", "cpu", "-d", "corpus.txt", "-o", "out.model"),
          CORPUS_FILE, ["--cuda-graph", "CUDA"]),
+    Case("tinylm-decode-graph-on-cpu", T("generate", "-m", "tiny.model", "-p", "the", "--device", "cpu", "--decode", "graph"),
+         MODEL_FILE, ["--decode graph", "CUDA", "eager"]),
     Case("tinylm-cpu-weights-on-cuda", T("generate", "-m", "tiny.model", "-p", "the", "--device", "cuda", "--weights", "int8"),
          MODEL_FILE, ["--weights int8", "CPU", "--device cpu"], marks=(NEEDS_CUDA,)),
     Case("tinylm-samples-and-beams", T("generate", "-m", "tiny.model", "-p", "the", "--num-samples", "2", "--beams", "2"), MODEL_FILE,

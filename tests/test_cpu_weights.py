@@ -155,3 +155,17 @@ def test_cli_weights_flag(model_file, capsys, monkeypatch):
         cli.build_parser().parse_args(argv + ["--weights", "int4"])
     assert e.value.code == 2
     assert "argument --weights: invalid choice: 'int4'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_converting_after_a_decoder_relaid_the_weights(kind):
+    # A Decoder stores CPU Linear weights transposed in memory (cpu_weight_layout); converting
+    # afterwards must give what converting first gives.
+    model = model_with_biases(seed=5)
+    first = converted(model, kind)
+    later = copy.deepcopy(model)
+    Decoder(later, 1, V)  # re-lays the weights
+    convert_linear_weights(later, kind)
+    x = tokens(2, 6, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(later(x)[0], first(x)[0], rtol=0, atol=0)

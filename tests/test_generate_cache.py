@@ -226,3 +226,14 @@ def test_compiled_static_store_equals_the_eager_one(rolling):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert torch.equal(caches[1].k, caches[0].k) and torch.equal(caches[1].v, caches[0].v)
     assert not torch.equal(caches[0].k, start)  # the store did happen
+
+
+def test_compiled_decoding_on_the_cpu_gives_the_eager_tokens():
+    # --decode compile on the CPU: inductor's C++ kernels, no CUDA graph; every slot attended (fixed
+    # shapes). 30 tokens from a context of 16 cross the window's slide twice.
+    model = make_model(seed=21)
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(5))
+    cfg = SamplingConfig(max_new_tokens=30, temperature=0)
+    eng = Engine(model, 2, 40, cfg, decode="compile")
+    assert eng.mode == "compile" and not eng.decoder.track_host
+    assert torch.equal(eng(prompt), Engine(model, 2, 40, cfg, decode="eager")(prompt))

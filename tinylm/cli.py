@@ -116,7 +116,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="end a sample at this text, which is not printed (repeatable; default: only EOS ends)")
     p.add_argument("--decode", choices=["auto", "eager", "graph", "compile"], default="auto",
                    help="decoding engine: auto (CUDA graph on GPU, eager on CPU), eager, graph, or compile "
-                        "(torch.compile + CUDA graph: fastest per token, slow to start)")
+                        "(torch.compile, + CUDA graph on GPU: fastest per token, seconds to start)")
     p.add_argument("--window", choices=["auto", "slide", "roll"], default="auto",
                    help="past the context size: slide (re-prefill every quarter context) or roll (RoPE only); "
                         "auto = roll for RoPE models, slide otherwise")

@@ -80,7 +80,7 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     subtle: s is rounded to bf16 *before* dividing, so q * s is exactly what the op multiplies by."""
     s = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)  # (out,); an all-zero row keeps q = 0
     q = torch.round(w / s.float()[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
-    return q, s
+    return q.contiguous(), s  # contiguous: w may be stored transposed (cpu_weight_layout), the op wants rows
 
 
 def check_kind(kind: str, device: torch.device | str = "cpu") -> None:

@@ -286,7 +286,7 @@ class Engine:
     prompts (chat does) so the graph is recorded once.
 
     decode: auto (graph on CUDA, eager elsewhere) | eager | graph (CUDA graph of the eager step) |
-    compile (torch.compile the step, then record it as a CUDA graph; slower to start; each
+    compile (torch.compile the step, then on CUDA record it as a CUDA graph; slower to start; each
     compiled engine adds an entry to dynamo's cache for `_one_step`, which holds
     torch._dynamo.config.recompile_limit of them, 8 by default, before running eagerly).
     compile_mode: torch.compile's mode, e.g. "max-autotune-no-cudagraphs" (the graph is ours)."""
@@ -313,12 +313,16 @@ class Engine:
             decode = "graph" if device.type == "cuda" else "eager"
         if decode == "eager" or not self.decoder.use_cache:
             return "eager"
-        if device.type != "cuda":
-            raise UsageError(f"--decode {decode} needs a CUDA device; use --decode eager (or auto) on {device.type}")
-        self.decoder.track_host = False  # the recording must attend over every slot
+        if device.type != "cuda" and decode != "compile":
+            raise UsageError(f"--decode {decode} needs a CUDA device; use --decode eager (or auto, or compile) on {device.type}")
+        self.decoder.track_host = False  # fixed shapes: the step attends over every slot
         fn = self._one_step
         if decode == "compile":
             fn = torch.compile(fn, dynamic=False, mode=compile_mode)
+        if device.type != "cuda":  # compiled on the CPU: inductor's C++ kernels, no graph to record
+            fn()  # compile now, as building a CUDA engine does (a generation resets what this step touched)
+            self._step = fn
+            return decode
         try:
             self._step = _record_cuda_graph(fn)
         except Exception as e:  # a driver or compiler we cannot record on: stay correct, only slower
