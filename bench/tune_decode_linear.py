@@ -2,7 +2,7 @@
 """Tiles for decode_linear.py's fused kernel, and the kernel against the unfused modules, at the
 shapes of a decoding step (GPU, bf16).
 
-    PYTHONPATH=. python bench/tune_decode_linear.py [--shapes char,gpt2] [--rows 1,16]
+    PYTHONPATH=. python bench/tune_decode_linear.py [--shapes char,gpt2] [--rows 1,2,4,8,16]
 
 For each layer of a block (qkv with LayerNorm, attention's proj with the residual, fc with
 LayerNorm and GELU, the MLP's proj with the residual, and the head with the final LayerNorm) it

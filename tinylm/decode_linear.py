@@ -176,12 +176,6 @@ def _ln(norm) -> tuple:
     return norm.weight, norm.bias, norm.eps
 
 
-def fusable(model) -> bool:
-    """Whether decode_block can run this model's blocks (every model.py block today: LayerNorm
-    with an affine weight, any position scheme, any activation, QK-norm)."""
-    return AVAILABLE and all(b.ln1.weight is not None and b.ln2.weight is not None for b in model.blocks)
-
-
 def decode_head(ln_f, lm_head, x: torch.Tensor) -> torch.Tensor:
     """lm_head(ln_f(x)) for x (B, C) -> logits (B, V), fused unless the head is wide and B > 1."""
     if x.size(0) > 1 and lm_head.weight.size(0) >= WIDE_HEAD:

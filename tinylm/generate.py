@@ -64,19 +64,19 @@ def cpu_weight_layout(model) -> None:
 
 # Decoding one token per row on CUDA (up to decode_linear.MAX_ROWS rows) runs each block on
 # decode_linear.py's fused kernels (LayerNorm and activation folded into the matrix products)
-# when triton is installed. Read at every
-# forward_at: a recorded CUDA graph keeps the path it was recorded with.
+# when triton is installed. Read at every forward_at: a recorded CUDA graph keeps the path it was
+# recorded with.
 FUSED_LINEAR = True
 
 
-def _fused_linear(model, x: torch.Tensor):
-    """The decode_linear module when a step on x may use it, else None. Imported here, not at the
-    top: CPU-only installs need not pay for importing triton."""
-    if not FUSED_LINEAR or x.device.type != "cuda":
+def _fused_linear(x: torch.Tensor):
+    """The decode_linear module when a step on x (B, T, C) may use it, else None. Imported here,
+    not at the top: CPU-only installs need not pay for importing triton."""
+    if not FUSED_LINEAR or x.device.type != "cuda" or x.size(1) != 1:
         return None
     from . import decode_linear
 
-    return decode_linear if decode_linear.fusable(model) else None
+    return decode_linear if decode_linear.AVAILABLE and x.size(0) <= decode_linear.MAX_ROWS else None
 
 
 def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) -> torch.Tensor:
@@ -95,8 +95,8 @@ def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) ->
     elif rope is None:
         rope = (model.rope_cos[pos], model.rope_sin[pos])  # (T, hs/2) each
     cache.set_positions(pos)
-    fused = _fused_linear(model, x)
-    if fused is not None and x.size(1) == 1 and x.size(0) <= fused.MAX_ROWS:  # one token per row: five kernels per block
+    fused = _fused_linear(x)
+    if fused is not None:  # one token per row, few rows, on CUDA: five kernels per block
         x = x[:, 0]  # (B, C)
         for i, block in enumerate(model.blocks):
             x = fused.decode_block(block, x, rope, cache, i)
