@@ -71,16 +71,28 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     from tinylm.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    variant, _, opt_flag = variant.partition("-")  # e.g. full-nobias: nanoGPT's bench.py shape (no biases)
+    # flags after the variant, e.g. graphfull-nobias-unfusedce:
+    #   nobias     nanoGPT bench.py's shape (no biases)
+    #   unfusedce  the head + F.cross_entropy instead of fused_ce.py's fused loss
+    #   ma         torch.compile mode max-autotune-no-cudagraphs (inductor's Triton GEMMs, epilogue fusion)
+    #   tma        with ma: inductor's persistent TMA matmul templates (Hopper)
+    variant, *flags = variant.split("-")
+    from tinylm import fused_ce
+
+    fused_ce.ENABLED = "unfusedce" not in flags
     cfg = GPTConfig(vocab_size=V, context_size=T, n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
-                    bias=opt_flag != "nobias")
+                    bias="nobias" not in flags)
     model = GPT(cfg).cuda()
     n_params = model.num_params() - model.wpe.weight.numel()
     fwd = model
     if variant == "regional":
         model.compile_blocks()
     elif variant in ("full", "graphfull"):
-        fwd = torch.compile(model, dynamic=False)
+        if "tma" in flags:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.triton.enable_persistent_tma_matmul = True
+        fwd = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
     from tinylm.train import TrainConfig, param_groups, train_step
@@ -104,7 +116,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     torch.cuda.synchronize()
     first = time.time() - t0
     times = time_steps(step, warmup, iters)
-    return _row(f"tinylm-{variant}{'-' + opt_flag if opt_flag else ''}", times, B * T, flops_per_token(n_params, 12, 12, 64, T), first)
+    return _row("-".join(["tinylm-" + variant, *flags]), times, B * T, flops_per_token(n_params, 12, 12, 64, T), first)
 
 
 def bench_hf(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:

@@ -8,8 +8,12 @@ measured against.
    half only (4*B*H*T*T*hs/2 forward, 2.5x that forward + backward).
 2. The step's matmuls (bf16, M = 12*1024 tokens): each Linear's forward (x W^T), its input
    gradient and its weight gradient, TFLOP/s each, and their sum per training step.
-3. Cross-entropy over (12288, 50304) logits: bf16 logits upcast to fp32 (tinylm's loss) against
-   the loss taken on bf16 logits directly, forward + backward.
+3. Cross-entropy over (12288, 50304) logits: bf16 logits upcast to fp32 (the unfused loss) against
+   the loss taken on bf16 logits directly, forward + backward, and fused_ce.py's kernel (loss and
+   gradient in one pass) with the GB/s it reaches (one read of the logits, one write of the gradient).
+4. The head and its loss together, forward + backward: nn.Linear + compiled F.cross_entropy against
+   fused_ce.linear_cross_entropy.
+Pick parts by name: `microbench_kernels.py ce head` (default: all).
 Timing: CUDA events, median of 20 after 5 warm-up calls.
 """
 
@@ -84,9 +88,47 @@ def cross_entropy(M=12 * 1024, V=50304) -> None:
         print(f"  compiled {name:9} {ms:6.3f} ms")
 
 
+def fused_cross_entropy(M=12 * 1024, V=50304) -> None:
+    from tinylm import fused_ce
+
+    logits = torch.randn(M, V, device="cuda", dtype=torch.bfloat16)
+    y = torch.randint(0, V, (M,), device="cuda")
+    gb = 2 * logits.numel() * logits.element_size() / 1e9  # read the logits once, write the gradient once
+    default = fused_ce.BLOCK, fused_ce.NUM_WARPS
+    for block, warps in [default, (2048, 4), (4096, 4), (8192, 8), (8192, 16), (16384, 16)]:
+        fused_ce.BLOCK, fused_ce.NUM_WARPS = block, warps
+        ms = timed(lambda: fused_ce.ce_loss_grad(logits, y))
+        print(f"  fused_ce kernel (loss + gradient), BLOCK {block:5} warps {warps:2}: {ms:6.3f} ms = "
+              f"{gb / ms * 1e3:.0f} GB/s over {gb:.2f} GB{'  (default)' if (block, warps) == default else ''}")
+    fused_ce.BLOCK, fused_ce.NUM_WARPS = default
+
+
+def head(M=12 * 1024, C=768, V=50304) -> None:
+    from tinylm import fused_ce
+
+    x = torch.randn(M, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(V, C, device="cuda") * 0.02).requires_grad_()
+    y = torch.randint(0, V, (M,), device="cuda")
+    print(f"head + loss, ({M}, {C}) x ({V}, {C}) under bf16 autocast, forward + backward")
+
+    def unfused():
+        return F.cross_entropy(F.linear(x, w).float(), y)
+
+    for name, fn in [("linear + compiled CE", torch.compile(unfused)),
+                     ("fused_ce", lambda: fused_ce.linear_cross_entropy(x, w, y))]:
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = fn()
+            loss.backward()
+        torch.cuda.reset_peak_memory_stats()
+        ms = timed(run)
+        print(f"  {name:22} {ms:6.3f} ms  peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+PARTS = {"attention": attention, "matmuls": matmuls, "ce": lambda: (cross_entropy(), fused_cross_entropy()), "head": head}
+
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = True
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
-    attention()
-    matmuls()
-    cross_entropy()
+    for part in sys.argv[1:] or list(PARTS):
+        PARTS[part]()

@@ -86,12 +86,15 @@ def run(args, variant, profile=False):
     if profile:
         from torch.profiler import ProfilerActivity, profile as prof
 
-        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=args.shapes) as p:
             for _ in range(5):
                 train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
             torch.cuda.synchronize()
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
         categories(p, 5)
+        if args.shapes:  # which calls the aten kernels come from: operators by input shape
+            print(p.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.rows,
+                                                                  max_name_column_width=40, max_shapes_column_width=90))
 
 
 # kernel-name fragments -> category, first match wins (names from the H200 profiles in RESULTS.md)
@@ -144,6 +147,7 @@ def main():
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--sdpa", default="", help="SDPA backends in priority order, e.g. cudnn,flash (default: PyTorch's)")
     p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--shapes", action="store_true", help="also list the profiled operators by input shape")
     args = p.parse_args()
     if args.sdpa:
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -169,3 +169,23 @@ def test_converting_after_a_decoder_relaid_the_weights(kind):
     x = tokens(2, 6, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(later(x)[0], first(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not hasattr(torch, "_weight_int8pack_mm"), reason="torch build without the int8 op")
+def test_int8_compiled_decoding_gives_the_int8_eager_tokens():
+    # --weights int8 --decode compile: the int8 products as extern calls of inductor's C++ wrapper
+    model = model_with_biases(31)
+    convert_linear_weights(model, "int8")
+    cfg = SamplingConfig(max_new_tokens=20, temperature=0)
+    prompt = tokens(1, 5, seed=3)
+    eng = Engine(model, 1, V, cfg, decode="compile")
+    assert eng.mode == "compile"
+    assert torch.equal(eng(prompt), Engine(model, 1, V, cfg, decode="eager")(prompt))
+
+
+@pytest.mark.skipif("fbgemm" not in torch.backends.quantized.supported_engines, reason="torch build without fbgemm")
+def test_fp16_weights_refuse_to_compile():
+    model = make_model(seed=32)
+    convert_linear_weights(model, "fp16")
+    with pytest.raises(UsageError, match="--decode compile cannot trace --weights fp16"):
+        Engine(model, 1, V, SamplingConfig(max_new_tokens=4), decode="compile")

@@ -223,7 +223,8 @@ def test_compiled_static_store_equals_the_eager_one(rolling):
         c.set_positions(pos)
     want = caches[0].attend(1, q, k, v)
     got = torch.compile(caches[1].attend, backend="aot_eager", fullgraph=True)(1, q, k, v)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # (on the CPU the compiled attention is written out, not SDPA: equal to fp32 rounding)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.equal(caches[1].k, caches[0].k) and torch.equal(caches[1].v, caches[0].v)
     assert not torch.equal(caches[0].k, start)  # the store did happen
 

@@ -23,6 +23,10 @@ from .positions import apply_rope, rope_tables, sinusoidal_table
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "relu2")
+# Training on CUDA with a head of at least this many outputs takes fused_ce.py's loss (logits never
+# kept: GPT-2 124M 26.6 -> 25.4 ms a step on an H200). Below it the logits are small and importing
+# triton's op machinery (torch._dynamo with it, ~3 s) would cost a short char-level run more than it saves.
+FUSED_CE_MIN_VOCAB = 8192
 
 
 @dataclass
@@ -219,7 +223,9 @@ class GPT(nn.Module):
         targets (B, T): next-token ids; positions with -1 are ignored. loss is None without them.
         cache: a KVCache; the T tokens are taken to follow the cache's `pos` earlier ones, and the
             cache advances by T. last_only: return logits for the last position only, (B, 1, V).
-        logits are (B, T, V) over the *padded* vocabulary; callers slice [..., :vocab_size].
+        logits are (B, T, V) over the *padded* vocabulary; callers slice [..., :vocab_size]. They
+            are None when a training loss is computed on CUDA (fused_ce.applies): that path never
+            keeps them.
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -245,6 +251,14 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)  # (B, T, C)
+        if targets is not None and x.is_cuda and torch.is_grad_enabled() and self.cfg.padded_vocab >= FUSED_CE_MIN_VOCAB:
+            from . import fused_ce  # here, not at the top: CPU runs and small heads need not import triton
+
+            if fused_ce.applies(x, self.cfg.logit_softcap, self.lm_head.bias):
+                # training on CUDA: the head's product and the loss in one op that never keeps the
+                # logits (fused_ce.py); no caller of a training step reads them
+                loss = fused_ce.linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
+                return None, loss
         if last_only and targets is None:
             x = x[:, -1:, :]  # (B, 1, C)
         logits = self.lm_head(x)  # (B, T, V)
