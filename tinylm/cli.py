@@ -125,7 +125,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="CPU only: precision of the Linear weights while decoding: fp32 (default, exact), fp16 "
                         "(faster, near-lossless) or int8 (fastest at batch 1; per-channel int8 with bf16 activations: "
-                        "logits move slightly, so greedy text drifts from fp32's after a while)")
+                        "logits move slightly, so greedy text drifts from fp32's after a while; "
+                        "with --decode compile the fastest CPU setting)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -325,8 +325,9 @@ class Engine:
                              "it ran 2x slower than eager); use --decode eager with fp16, or --weights int8 to compile")
         if decode == "compile":
             # On the CPU, inductor's C++ wrapper calls the kernels from C++ rather than from a
-            # Python function: ~0.08 of ~0.59 ms a step at the char shape (int8 weights). It takes
-            # inductor's options, which torch.compile will not combine with a mode.
+            # Python function (char model, int8 weights: 0.52-0.56 -> 0.51 ms a step), and its
+            # kernels run single-threaded: at batch 1 they are tiny, so --threads only sets what
+            # PyTorch's own products use. Inductor's options: torch.compile will not combine them with a mode.
             cpp = device.type == "cpu" and compile_mode is None
             options = {"cpp_wrapper": True, "cpp.threads": 1}
             fn = torch.compile(fn, dynamic=False, **({"options": options} if cpp else {"mode": compile_mode}))

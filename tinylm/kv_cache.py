@@ -102,8 +102,8 @@ class KVCache:
             self.v[layer].index_copy_(2, self.slots, v.to(self.v.dtype))
         kb, vb = self.k[layer], self.v[layer]  # (B, nh, S, hs) each, views into the buffers
         if torch.compiler.is_compiling() and q.device.type == "cpu":
-            # Written out for inductor to fuse into its own C++ loops: on the CPU the SDPA call cost
-            # ~24 us a layer at the char shape, this ~12 (bench/RESULTS.md, CPU --decode compile).
+            # Written out for inductor to fuse into its own C++ loops rather than calling SDPA: the
+            # char model's int8 step went 0.59 -> 0.54 ms (bench/RESULTS.md, CPU --decode compile).
             att = (q @ kb.transpose(-1, -2)) * q.size(-1) ** -0.5 + self.mask  # (B, nh, T, S)
             return torch.softmax(att, dim=-1) @ vb  # (B, nh, T, hs)
         n = self.filled or self.max_len
