@@ -154,3 +154,17 @@ def test_a_small_head_keeps_the_unfused_loss_on_cuda():
     idx = torch.randint(0, model.cfg.vocab_size, (2, 8), device="cuda")
     logits, loss = model(idx, idx)
     assert logits is not None and loss.requires_grad
+
+
+@cuda
+@pytest.mark.skipif(not fused_ce.AVAILABLE, reason="needs triton")
+@pytest.mark.parametrize("mode", ["eager", "graph", "graph+compiled"])
+def test_training_steps_with_the_fused_loss_match_the_unfused_eager_ones(mode, small_heads_fused):
+    # test_gpu.py's 8 steps (2 micro-batches each: an upstream gradient of 1/2) through tinylm's
+    # step, its CUDA graph, and the graph of the compiled step, the loss fused, against the eager
+    # step with F.cross_entropy
+    from test_gpu import _losses
+
+    fused = _losses(mode)
+    model_module.FUSED_CE_MIN_VOCAB = 1 << 30  # (the fixture restores it) unfused, for the reference
+    assert fused == pytest.approx(_losses("eager"), rel=2e-3, abs=2e-3)
