@@ -76,6 +76,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     #   unfusedce  the head + F.cross_entropy instead of fused_ce.py's fused loss
     #   ma         torch.compile mode max-autotune-no-cudagraphs (inductor's Triton GEMMs, epilogue fusion)
     #   tma        with ma: inductor's persistent TMA matmul templates (Hopper)
+    #   nosplit    inductor option split_reductions=False
     variant, *flags = variant.split("-")
     from tinylm import fused_ce
 
@@ -92,7 +93,10 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.enable_persistent_tma_matmul = True
-        fwd = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
+        if "nosplit" in flags:  # inductor's reductions in one stage (no partial sums finished by aten.sum)
+            fwd = torch.compile(model, dynamic=False, options={"split_reductions": False})
+        else:
+            fwd = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
     from tinylm.train import TrainConfig, param_groups, train_step
