@@ -10,11 +10,25 @@ import time
 log = logging.getLogger("tinylm")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever sys.stderr is when a record is written, not the stream of the
+    first call: pytest's capture and notebooks swap sys.stderr, and a handler holding the old one
+    wrote into a closed file once the first caller's stream was gone."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Send tinylm's log to stderr (generated text goes to stdout, so it can be piped)."""
     if getattr(setup_logging, "_done", False):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s | %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(level)
