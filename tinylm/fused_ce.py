@@ -14,9 +14,9 @@ The unfused loss reads them in the forward (log-sum-exp), then in the backward r
 writes their gradient, plus a fill and a scatter for the one-hot term: ~1.9 ms a step on an H200 of
 pure memory traffic (bench/RESULTS.md, "Throughput at GPT-2 124M shape"). Here the forward computes
 the gradient too, while the row is at hand: each program takes one row, finds its log-sum-exp in a
-first sweep and writes softmax - onehot in a second, which re-reads the row from L2 rather than
-DRAM. The logits are read once and the gradient written once; the backward is just the two matrix
-products of the head. The price: the gradient is computed even if backward never runs, so this path
+first sweep and writes softmax - onehot in a second; nothing is filled or scattered, and the
+backward is just the two matrix products of the head. On an H200 the kernel takes 0.94 ms for what
+the unfused loss did in 1.85 (2.6 TB/s counting one read of the logits and one write). The price: the gradient is computed even if backward never runs, so this path
 is for training steps only (model.py takes it when grad is enabled, the tensors are on CUDA and
 the loss has no soft-capping, and the vocabulary is at least model.FUSED_CE_MIN_VOCAB); evaluation
 keeps F.cross_entropy.

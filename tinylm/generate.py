@@ -328,9 +328,9 @@ class Engine:
             # Python function (char model, int8 weights: 0.52-0.56 -> 0.51 ms a step), and its
             # kernels run single-threaded: at batch 1 they are tiny, so --threads only sets what
             # PyTorch's own products use. Inductor's options: torch.compile will not combine them with a mode.
-            cpp = device.type == "cpu" and compile_mode is None
-            options = {"cpp_wrapper": True, "cpp.threads": 1}
-            fn = torch.compile(fn, dynamic=False, **({"options": options} if cpp else {"mode": compile_mode}))
+            cpu = device.type == "cpu" and compile_mode is None
+            how = {"options": {"cpp_wrapper": True, "cpp.threads": 1}} if cpu else {"mode": compile_mode}
+            fn = torch.compile(fn, dynamic=False, **how)
         if device.type != "cuda":  # compiled on the CPU: inductor's C++ kernels, no graph to record
             fn()  # compile now, as building a CUDA engine does (a generation resets what this step touched)
             self._step = fn

@@ -251,7 +251,7 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)  # (B, T, C)
-        if targets is not None and x.is_cuda and torch.is_grad_enabled() and self.cfg.padded_vocab >= FUSED_CE_MIN_VOCAB:
+        if targets is not None and x.is_cuda and self.cfg.padded_vocab >= FUSED_CE_MIN_VOCAB:
             from . import fused_ce  # here, not at the top: CPU runs and small heads need not import triton
 
             if fused_ce.applies(x, self.cfg.logit_softcap, self.lm_head.bias):
