@@ -65,6 +65,12 @@ def make_step(model, batch, opt, loss_fn):
     return step
 
 
+# variant flag -> inductor option for torch.compile(options=...)
+INDUCTOR_FLAGS = {"nosplit": ("split_reductions", False),  # reductions in one stage
+                  "cdt": ("coordinate_descent_tuning", True),  # tune each Triton kernel's launch config
+                  "agg": ("aggressive_fusion", True)}  # fuse nodes that share no memory access too
+
+
 def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:
     import torch
 
@@ -76,7 +82,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     #   unfusedce  the head + F.cross_entropy instead of fused_ce.py's fused loss
     #   ma         torch.compile mode max-autotune-no-cudagraphs (inductor's Triton GEMMs, epilogue fusion)
     #   tma        with ma: inductor's persistent TMA matmul templates (Hopper)
-    #   nosplit    inductor option split_reductions=False
+    #   nosplit, cdt, agg: inductor options (INDUCTOR_FLAGS)
     variant, *flags = variant.split("-")
     from tinylm import fused_ce
 
@@ -93,8 +99,9 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.enable_persistent_tma_matmul = True
-        if "nosplit" in flags:  # inductor's reductions in one stage (no partial sums finished by aten.sum)
-            fwd = torch.compile(model, dynamic=False, options={"split_reductions": False})
+        options = {option: value for flag, (option, value) in INDUCTOR_FLAGS.items() if flag in flags}
+        if options:
+            fwd = torch.compile(model, dynamic=False, options=options)
         else:
             fwd = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
     x = torch.randint(0, V, (B, T), device="cuda")
