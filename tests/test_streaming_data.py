@@ -150,22 +150,24 @@ def test_a_file_that_changes_after_the_scan_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- the CLI never reads the text whole
 
-def test_tokenizer_train_command_streams(tmp_path, monkeypatch):
+def streamed_corpus(tmp_path, monkeypatch):
+    """A corpus file read in 256-byte blocks with read_text forbidden -> (path, the BPE trained in memory)."""
     text = TEXTS["lines"]
     want = train_bpe(text, 300, progress=False)
     p = write(tmp_path / "corpus.txt", text)
     monkeypatch.setattr(tf, "BLOCK_BYTES", 256)
     forbid_read_text(monkeypatch)
+    return p, want
+
+
+def test_tokenizer_train_command_streams(tmp_path, monkeypatch):
+    p, want = streamed_corpus(tmp_path, monkeypatch)
     assert cli.main(["tokenizer", "train", "-d", str(p), "--vocab-size", "300", "-o", str(tmp_path / "tok.json")]) == 0
     assert BPETokenizer.load(tmp_path / "tok.json").to_dict() == want.to_dict()
 
 
 def test_train_with_bpe_streams(tmp_path, monkeypatch):
-    text = TEXTS["lines"]
-    want = train_bpe(text, 300, progress=False)
-    p = write(tmp_path / "corpus.txt", text)
-    monkeypatch.setattr(tf, "BLOCK_BYTES", 256)
-    forbid_read_text(monkeypatch)
+    p, want = streamed_corpus(tmp_path, monkeypatch)
     out = tmp_path / "m.model"
     args = ["train", "-d", str(p), "-o", str(out), "--tokenizer", "bpe", "--vocab-size", "300", "--layers", "1",
             "--embd", "16", "--heads", "2", "--context", "16", "--steps", "1", "--batch-size", "2", "--device", "cpu"]
