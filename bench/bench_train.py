@@ -83,6 +83,10 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     #   ma         torch.compile mode max-autotune-no-cudagraphs (inductor's Triton GEMMs, epilogue fusion)
     #   tma        with ma: inductor's persistent TMA matmul templates (Hopper)
     #   nosplit, cdt, agg: inductor options (INDUCTOR_FLAGS)
+    #   accumK     K micro-batches per optimizer step (--grad-accum K, as a real 124M run uses); tokens/s
+    #              counts all K, so the optimizer's cost is spread over them
+    #   bf16       experiment, not a recipe: parameters, optimizer state and activations all bf16, no
+    #              autocast (the speed a bf16-weights step could reach; its numerics are not tinylm's)
     variant, *flags = variant.split("-")
     from tinylm import fused_ce
 
@@ -91,6 +95,9 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
                     bias="nobias" not in flags)
     model = GPT(cfg).cuda()
     n_params = model.num_params() - model.wpe.weight.numel()
+    amp_dtype = torch.bfloat16
+    if "bf16" in flags:
+        model, amp_dtype = model.to(torch.bfloat16), None
     fwd = model
     if variant == "regional":
         model.compile_blocks()
@@ -108,26 +115,27 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     y = torch.randint(0, V, (B, T), device="cuda")
     from tinylm.train import TrainConfig, param_groups, train_step
 
-    tc = TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0)
+    k = next((int(f[5:]) for f in flags if f.startswith("accum")), 1)
+    tc = TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, grad_accum=k)
     if variant in ("graph", "graphfull"):  # tinylm's --cuda-graph step (graphfull: recording the compiled forward)
         from tinylm.graph_step import GraphedStep
 
-        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (B, T), forward=fwd)
+        g = GraphedStep(model, param_groups(model, tc), tc, amp_dtype, (B, T), forward=fwd)
 
         def step():
-            g([(x, y)], 6e-4)
+            g([(x, y)] * k, 6e-4)
     else:  # tinylm's eager step: the same clipping folded into fused AdamW, bf16 autocast
         opt = torch.optim.AdamW(param_groups(model, tc), lr=6e-4, betas=(0.9, 0.95), fused=True)
 
         def step():
-            train_step(fwd, opt, [(x, y)], tc, torch.device("cuda"), torch.bfloat16)
+            train_step(fwd, opt, [(x, y)] * k, tc, torch.device("cuda"), amp_dtype)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     step()
     torch.cuda.synchronize()
     first = time.time() - t0
     times = time_steps(step, warmup, iters)
-    return _row("-".join(["tinylm-" + variant, *flags]), times, B * T, flops_per_token(n_params, 12, 12, 64, T), first)
+    return _row("-".join(["tinylm-" + variant, *flags]), times, k * B * T, flops_per_token(n_params, 12, 12, 64, T), first)
 
 
 def bench_hf(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:

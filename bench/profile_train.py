@@ -20,6 +20,11 @@ import torch  # noqa: E402
 T_TORCH = time.time()
 
 
+def amp(args):
+    """The step's autocast dtype: bf16, or none when the model itself is bf16 (--pure-bf16)."""
+    return None if args.pure_bf16 else torch.bfloat16
+
+
 def build(args, variant):
     from tinylm.model import GPT, GPTConfig
     from tinylm.train import TrainConfig, make_optimizer
@@ -29,6 +34,8 @@ def build(args, variant):
                     n_embd=args.embd, d_ff=args.ff, dropout=args.dropout, positions=args.positions,
                     activation=args.activation, qk_norm=args.qk_norm, bias=not args.no_bias)
     model = GPT(cfg).cuda()
+    if args.pure_bf16:  # experiment: parameters, optimizer state and activations all bf16, no autocast
+        model = model.to(torch.bfloat16)
     tc = TrainConfig(max_steps=1, optimizer=args.optimizer, lr=1e-3)
     opt = make_optimizer(model, tc, torch.device("cuda"))
     fwd = model
@@ -44,7 +51,7 @@ def build(args, variant):
 
         if variant == "graphfull":
             fwd = torch.compile(model, dynamic=False)
-        g = GraphedStep(model, param_groups(model, tc), tc, torch.bfloat16, (args.batch, args.context), forward=fwd)
+        g = GraphedStep(model, param_groups(model, tc), tc, amp(args), (args.batch, args.context), forward=fwd)
         return model, g, g.opt, tc
     return model, fwd, opt, tc
 
@@ -65,17 +72,17 @@ def run(args, variant, profile=False):
     mb = [(data[:, :-1], data[:, 1:])]
     dev = torch.device("cuda")
     t0 = time.time()
-    train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+    train_step(fwd, opt, mb, tc, dev, amp(args))
     torch.cuda.synchronize()
     first = time.time() - t0
     for _ in range(10):
-        train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+        train_step(fwd, opt, mb, tc, dev, amp(args))
     torch.cuda.synchronize()
     times = []
     for _ in range(args.iters):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+        train_step(fwd, opt, mb, tc, dev, amp(args))
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
@@ -88,10 +95,10 @@ def run(args, variant, profile=False):
 
         with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=args.shapes) as p:
             for _ in range(5):
-                train_step(fwd, opt, mb, tc, dev, torch.bfloat16)
+                train_step(fwd, opt, mb, tc, dev, amp(args))
             torch.cuda.synchronize()
         print(p.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=70))
-        categories(p, 5)
+        categories(p, 5, args.top)
         if args.shapes:  # which calls the aten kernels come from: operators by input shape
             print(p.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=args.rows,
                                                                   max_name_column_width=40, max_shapes_column_width=90))
@@ -105,7 +112,7 @@ CATEGORIES = [("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
               ("elementwise / reduce (aten)", ("elementwise", "reduce", "vectorized", "softmax", "cross", "nll", "embedding", "index"))]
 
 
-def categories(p, steps: int) -> None:
+def categories(p, steps: int, top: int = 4) -> None:
     """GPU time per step summed by kernel category (only device-side kernel events)."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -118,12 +125,12 @@ def categories(p, steps: int) -> None:
         sums[cat] = sums.get(cat, 0.0) + e.time_range.elapsed_us() / 1e3
         counts[cat] = counts.get(cat, 0) + 1
         names.setdefault(cat, {})
-        names[cat][e.name[:80]] = names[cat].get(e.name[:80], 0.0) + e.time_range.elapsed_us() / 1e3
+        names[cat][e.name[:110]] = names[cat].get(e.name[:110], 0.0) + e.time_range.elapsed_us() / 1e3
     total = sum(sums.values())
     print(f"GPU kernel time per step by category (sum {total / steps:.2f} ms/step):")
     for cat, ms in sorted(sums.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:30} {ms / steps:7.2f} ms  {counts[cat] / steps:6.0f} kernels")
-        for name, t in sorted(names[cat].items(), key=lambda kv: -kv[1])[:4]:
+        for name, t in sorted(names[cat].items(), key=lambda kv: -kv[1])[:top]:
             print(f"      {t / steps:6.2f} ms  {name}")
 
 
@@ -147,6 +154,9 @@ def main():
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--sdpa", default="", help="SDPA backends in priority order, e.g. cudnn,flash (default: PyTorch's)")
     p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--pure-bf16", action="store_true",
+                   help="experiment: model and optimizer state in bf16, no autocast (an upper bound, not a recipe)")
+    p.add_argument("--top", type=int, default=4, help="kernels listed per category")
     p.add_argument("--shapes", action="store_true", help="also list the profiled operators by input shape")
     args = p.parse_args()
     if args.sdpa:

@@ -17,6 +17,7 @@ ttl() {  # name, then tinylm train flags
   local name=$1; shift
   python3 bench/bench_train.py ttl --data "$DATA" --name "$name" --log "$OUT/ttl_$name.log" --out "/tmp/$name.model" -- "$@" 2>&1 | tail -1
 }
+GPT2="--layers 12 --heads 12 --embd 768 --ff 3072 --context 1024 --batch 12 --vocab 50304 --dropout 0 --iters 30"
 NANO="--layers 6 --heads 6 --embd 384 --context 256 --ff 1536 --batch-size 64"
 for run in "$@"; do
   case $run in
@@ -61,7 +62,9 @@ for run in "$@"; do
     startup) python3 -m cProfile -s cumtime -m tinylm train -d $DATA -o /tmp/startup.model --force --preset speedrun --steps 30 --eval-interval 0 2>&1 | grep -v "INFO |" | head -70 > "$OUT/startup.txt" ;;
     speedrun_gc) ttl $run --preset speedrun --compile model --cuda-graph ;;
     profile_char) python3 bench/profile_train.py --variants graph,graphfull --profile graphfull --rows 10 2>&1 | tee "$OUT/profile_char.txt" ;;
-    profile124) python3 bench/profile_train.py --variants graphfull --profile graphfull --rows 10 --layers 12 --heads 12 --embd 768 --ff 3072 --context 1024 --batch 12 --vocab 50304 --dropout 0 --iters 30 2>&1 | tee "$OUT/profile124.txt" ;;
+    profile124) python3 bench/profile_train.py --variants graphfull --profile graphfull --rows 10 $GPT2 2>&1 | tee "$OUT/profile124.txt" ;;
+    profile124_bf16) python3 bench/profile_train.py --variants graphfull --profile graphfull --rows 10 --top 14 --no-bias --pure-bf16 $GPT2 2>&1 | tee "$OUT/profile124_bf16.txt" ;;
+    profile124_shapes) python3 bench/profile_train.py --variants full --profile full --rows 40 --shapes --no-bias $GPT2 2>&1 | tee "$OUT/profile124_shapes.txt" ;;
     gen) python3 bench/bench_generate.py ${GEN_ARGS:---device cuda} 2>&1 | tail -25 ;;
     *) echo "unknown run $run" ;;
   esac

@@ -83,7 +83,7 @@ def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor) -> torch
     1/coef inside the update kernel, which is exactly clipping by coef. Other optimizers (Muon,
     unfused AdamW on the CPU, where a sync costs nothing) get clipped gradients and ask the host."""
     params = [p for p in params if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()  # fp32 even for bf16 gradients
     ok = torch.isfinite(norm) & torch.isfinite(loss_sum)
     # clip_grad_norm_'s coefficient: scale by clip / norm when the norm exceeds the clip, else 1
     coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0) if grad_clip > 0 else None
