@@ -87,6 +87,8 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     #              counts all K, so the optimizer's cost is spread over them
     #   bf16       experiment, not a recipe: parameters, optimizer state and activations all bf16, no
     #              autocast (the speed a bf16-weights step could reach; its numerics are not tinylm's)
+    #   ddp1       data parallelism's gradient all-reduce (distributed.py) over a one-process NCCL group:
+    #              what the flat copy in and out and the collective cost a step, with no other process
     variant, *flags = variant.split("-")
     from tinylm import fused_ce
 
@@ -117,10 +119,11 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
 
     k = next((int(f[5:]) for f in flags if f.startswith("accum")), 1)
     tc = TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, grad_accum=k)
+    dist = one_process_group() if "ddp1" in flags else None
     if variant in ("graph", "graphfull"):  # tinylm's --cuda-graph step (graphfull: recording the compiled forward)
         from tinylm.graph_step import GraphedStep
 
-        g = GraphedStep(model, param_groups(model, tc), tc, amp_dtype, (B, T), forward=fwd)
+        g = GraphedStep(model, param_groups(model, tc), tc, amp_dtype, (B, T), forward=fwd, dist=dist)
 
         def step():
             g([(x, y)] * k, 6e-4)
@@ -128,7 +131,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
         opt = torch.optim.AdamW(param_groups(model, tc), lr=6e-4, betas=(0.9, 0.95), fused=True)
 
         def step():
-            train_step(fwd, opt, [(x, y)] * k, tc, torch.device("cuda"), amp_dtype)
+            train_step(fwd, opt, [(x, y)] * k, tc, torch.device("cuda"), amp_dtype, dist)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     step()
@@ -136,6 +139,20 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     first = time.time() - t0
     times = time_steps(step, warmup, iters)
     return _row("-".join(["tinylm-" + variant, *flags]), times, k * B * T, flops_per_token(n_params, 12, 12, 64, T), first)
+
+
+def one_process_group():
+    """A one-process NCCL group on this GPU, as torchrun --nproc_per_node=1 would start (see distributed.py)."""
+    import torch
+    import torch.distributed
+
+    from tinylm.distributed import Dist
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29511")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl", rank=0, world_size=1)
+    return Dist(rank=0, world=1, local_rank=0, device=torch.device("cuda", torch.cuda.current_device()))
 
 
 def bench_hf(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:

@@ -201,10 +201,10 @@ def test_trainer_follows_the_cosine_schedule(corpus_text, tmp_path, monkeypatch)
     seen = []
     real = train_mod.train_step
 
-    def spy(model, opt, micro, cfg, device, dtype):
+    def spy(model, opt, micro, cfg, device, dtype, *rest):
         seen.append(opt.param_groups[0]["lr"])
         assert all(g["lr"] == seen[-1] for g in opt.param_groups)
-        return real(model, opt, micro, cfg, device, dtype)
+        return real(model, opt, micro, cfg, device, dtype, *rest)
 
     monkeypatch.setattr(train_mod, "train_step", spy)
     trainer, _ = make_trainer(corpus_text, tmp_path, max_steps=20, warmup_steps=5, eval_interval=0)

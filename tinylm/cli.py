@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -320,18 +321,23 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "cha
 
 
 def run_guarded(fn, *args) -> int:
-    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130. Under
+    torchrun every process meets the same bad input, so only process 0 prints it."""
+    say = os.environ.get("RANK", "0").strip() in ("0", "")  # torchrun's rank of this process
     try:
         return fn(*args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if say:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        if say:
+            print("\ninterrupted", file=sys.stderr)
         return 130
     except _oom_types() as e:
-        print(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
-              "or a smaller model/--context", file=sys.stderr)
+        if say:
+            print(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
+                  "or a smaller model/--context", file=sys.stderr)
         return 2
 
 

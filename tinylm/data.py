@@ -71,21 +71,36 @@ class ChunkBatches:
     the shifted targets). Each epoch starts the cut at a random offset and shuffles the windows,
     so successive epochs see different boundaries. Batches are full-sized (a partial last batch
     is dropped) so every step has the same shape; a stream too short for one full batch gives
-    one smaller batch per epoch. Deterministic given (seed, epoch)."""
+    one smaller batch per epoch. Deterministic given (seed, epoch).
 
-    def __init__(self, tokens: torch.Tensor, context: int, batch_size: int, seed: int = 0):
+    Data parallelism (distributed.py): with `world` processes, every process shuffles the same
+    way and process `rank` takes batches rank, rank + world, rank + 2 world, ... of the epoch, so
+    the processes' batches of one step together are the batch of a single process with a `world`
+    times larger batch size. e.g. world 2: process 0 gets batches 0, 2, 4, process 1 gets 1, 3, 5."""
+
+    def __init__(self, tokens: torch.Tensor, context: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1):
         self.tokens, self.context, self.batch_size, self.seed = tokens, context, batch_size, seed
+        self.rank, self.world = rank, world
+        if world > 1 and self.batches_in_epoch < world:
+            raise UsageError(f"the training text makes {self.batches_in_epoch} batch(es) of --batch-size {batch_size} per epoch, "
+                             f"fewer than the {world} processes; give more text, a smaller --batch-size, or fewer processes")
 
     @property
     def num_chunks(self) -> int:
         return (len(self.tokens) - 1) // self.context
 
     @property
-    def batches_per_epoch(self) -> int:
+    def batches_in_epoch(self) -> int:
+        """Batches in one epoch, all processes together."""
         return max(1, self.num_chunks // self.batch_size)
 
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches this process draws per epoch (the leftover batches, fewer than `world`, go unused)."""
+        return self.batches_in_epoch // self.world
+
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) pairs, each (B, T), for epoch number `epoch`, skipping the first `skip`."""
+        """Yield (x, y) pairs, each (B, T), for epoch number `epoch`, skipping this process's first `skip`."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         T = self.context
         max_offset = len(self.tokens) - 1 - self.num_chunks * T  # slack left after the chunks
@@ -94,7 +109,8 @@ class ChunkBatches:
         starts = (offset + T * torch.randperm(self.num_chunks, generator=g)).to(dev)  # (num_chunks,)
         B = min(self.batch_size, self.num_chunks)
         rows = torch.arange(T + 1, device=dev)  # (T + 1,)
-        for b in range(skip, self.batches_per_epoch):
+        for i in range(skip, self.batches_per_epoch):
+            b = i * self.world + self.rank  # this process's i-th batch of the epoch
             idx = starts[b * B:(b + 1) * B, None] + rows  # (B, T + 1)
             chunk = self.tokens[idx]  # (B, T + 1)
             yield chunk[:, :-1], chunk[:, 1:]

@@ -31,11 +31,12 @@ class GraphedStep:
     WARMUP_STEPS calls run eagerly on a side stream, the next one captures, later ones replay."""
 
     def __init__(self, model, param_groups: list[dict], cfg, dtype: torch.dtype | None, batch_shape: tuple[int, int],
-                 forward=None, after_step=None):
+                 forward=None, after_step=None, dist=None):
         dev = next(model.parameters()).device
         self.model, self.cfg, self.dtype = model, cfg, dtype
         self.forward = model if forward is None else forward  # model(x, y) -> (logits, loss); e.g. torch.compile(model)
         self.after_step = after_step  # device work after each update, recorded too (the weight average)
+        self.dist = dist  # data parallelism: the gradients' all-reduce is recorded in the graph too (NCCL)
         self.lr = torch.tensor(cfg.lr, device=dev, dtype=torch.float32)
         self.opt = AdamW(param_groups, lr=self.lr, betas=(cfg.beta1, cfg.beta2))  # the lr tensor makes it capturable
         k = cfg.grad_accum
@@ -53,6 +54,8 @@ class GraphedStep:
                 _, loss = self.forward(self.x[j], self.y[j])
             (loss / k).backward()
             total = total + loss.detach()
+        if self.dist is not None:
+            self.dist.average_gradients_(self.model.parameters(), total)
         # a non-finite loss or gradient skips the update inside the graph (fused AdamW's found_inf)
         ok = clipped_step(self.opt, self.model.parameters(), self.cfg.grad_clip, total)
         if self.after_step is not None:

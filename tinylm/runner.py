@@ -3,13 +3,17 @@
 Shared by `tinylm train` and the classic `main.py -t`: read and check the dataset, pick what to
 start from (a new model, a model file's weights, or a checkpoint to resume exactly), check that a
 checkpoint fits the run, log the dataset / model / trainer summaries, train, and say where the
-model went. Flag parsing stays in the entry points; the training loop stays in train.py and the
-checkpoint format in trainstate.py.
+model went. Under torchrun it joins the process group first (distributed.py): every process runs
+the same checks and builds the same model, process 0 alone fetches and caches files before the
+others read them, and only process 0 logs. Flag parsing stays in the entry points; the training
+loop stays in train.py and the checkpoint format in trainstate.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -21,11 +25,12 @@ from . import __version__
 from .checkpoint import load_model
 from .chat import format_qa, load_qa_json
 from .corpus import default_corpus
-from .data import split_tokens
+from .data import ChunkBatches, split_tokens
 from .tokenfile import TextInfo, scan_text, token_file
 from .tokenstream import split_memmap
 from .tokenizers.base import BOS, EOS
 from .device import resolve_device
+from .distributed import Dist, setup, shutdown
 from .errors import UsageError
 from .log import banner, log, summary
 from .model import GPT, GPTConfig
@@ -168,12 +173,12 @@ def _find_resume(job: TrainJob, out: Path) -> tuple[Path, dict]:
     return found
 
 
-def _resume(job: TrainJob, out: Path, data_sha: str) -> Start:
+def _resume(job: TrainJob, out: Path, data_sha: str, world: int) -> Start:
     """tinylm train --resume: the checkpoint must fit the data and flags, unless --ignore-mismatch."""
     path, state = _find_resume(job, out)
     start = _checkpoint_start(path, state)
     now_model = GPTConfig(**{**job.model, "vocab_size": start.tokenizer.vocab_size}).to_dict()
-    diffs = mismatches(state, asdict(job.train), now_model, data_sha)
+    diffs = mismatches(state, asdict(job.train), now_model, data_sha, world=world)
     if diffs and not job.ignore_mismatch:
         raise UsageError(f"cannot resume from {path}: this run differs in {'; '.join(diffs)}; "
                          "give the same data and flags, or pass --ignore-mismatch to resume anyway")
@@ -183,14 +188,14 @@ def _resume(job: TrainJob, out: Path, data_sha: str) -> Start:
     return start
 
 
-def _resume_or_continue(job: TrainJob, data_sha: str) -> Start:
+def _resume_or_continue(job: TrainJob, data_sha: str, world: int) -> Start:
     """main.py -t -m MODEL: resume exactly from MODEL's checkpoint when it has one that fits,
     else continue from MODEL's weights (a new optimizer, schedule and data order)."""
     init = Path(job.init_model)
     found, problems = latest_usable(checkpoint_dir(init))
     if found is not None and not init.exists():  # killed before the model file was first written
         path, state = found
-        diffs = mismatches(state, asdict(job.train), state["model_config"], data_sha)
+        diffs = mismatches(state, asdict(job.train), state["model_config"], data_sha, world=world)
         if diffs:
             raise UsageError(f"{init} does not exist, and its checkpoint {path} does not fit this run ({'; '.join(diffs)}); "
                              "give the data and settings it was trained with, or drop -m to train a new model")
@@ -201,7 +206,8 @@ def _resume_or_continue(job: TrainJob, data_sha: str) -> Start:
         start.notes.append(f"No checkpoint for {init}; continuing from its weights ({loaded.meta.get('steps', 0)} steps so far)")
         return start
     path, state = found
-    diffs = mismatches(state, asdict(job.train), loaded.model.cfg.to_dict(), data_sha, tokenizer_sha256(loaded.tokenizer))
+    diffs = mismatches(state, asdict(job.train), loaded.model.cfg.to_dict(), data_sha, tokenizer_sha256(loaded.tokenizer),
+                       world=world)
     if diffs:
         start.notes.append(f"Checkpoint {path} does not fit this run ({'; '.join(diffs)}); continuing from the weights of {init}")
         return start
@@ -226,15 +232,15 @@ def _earlier_checkpoints(job: TrainJob, out: Path, start: Start) -> list[Path]:
     return [p for _, p in found] + ([folder / BEST] if (folder / BEST).exists() else [])
 
 
-def _starting_point(job: TrainJob, text: str | TextInfo, out: Path, data_sha: str) -> Start:
+def _starting_point(job: TrainJob, text: str | TextInfo, out: Path, data_sha: str, world: int = 1) -> Start:
     if job.resume is not None and job.init_model is not None:
         raise UsageError("--resume continues a checkpoint and -m starts from a model's weights; choose one")
     if job.ignore_mismatch and job.resume is None:
         raise UsageError("--ignore-mismatch applies only with --resume; add --resume or drop it")
     if job.resume is not None:
-        start = _resume(job, out, data_sha)
+        start = _resume(job, out, data_sha, world)
     elif job.init_model is not None and job.resume_or_continue:
-        start = _resume_or_continue(job, data_sha)
+        start = _resume_or_continue(job, data_sha, world)
     elif job.init_model is not None:
         loaded = load_model(job.init_model)
         start = Start(loaded.model, loaded.tokenizer,
@@ -247,9 +253,26 @@ def _starting_point(job: TrainJob, text: str | TextInfo, out: Path, data_sha: st
 
 
 def run_training(job: TrainJob) -> TrainResult:
+    dist = setup(job.train.device)  # None unless started by torchrun
+    level = log.level
+    if dist is not None and not dist.main:
+        log.setLevel(logging.ERROR)  # process 0 tells the story; the others speak only of failures
+    try:
+        return _run_training(job, dist)
+    finally:
+        log.setLevel(level)
+        shutdown(dist)
+
+
+def _main_first(dist: Dist | None):
+    return dist.main_first() if dist is not None else contextlib.nullcontext()
+
+
+def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
     # Everything that can fail on bad input is checked before the first log line, so a mistake
     # costs one clear error line and nothing else.
-    dataset = Path(job.dataset) if job.dataset else default_corpus()
+    with _main_first(dist):  # one process fetches the default corpus into the cache
+        dataset = Path(job.dataset) if job.dataset else default_corpus()
     if job.qa:
         text = "".join(format_qa(q, a) for q, a in load_qa_json(dataset))
         data_sha, nbytes = text_sha256(text), len(text.encode("utf-8"))
@@ -259,20 +282,29 @@ def run_training(job: TrainJob) -> TrainResult:
         source = info = scan_text(dataset)
         data_sha, nbytes = info.sha256, info.nbytes
     out = resolve_output(job, dataset)
-    device = resolve_device(job.train.device)
+    device = resolve_device(job.train.device) if dist is None else dist.device
     if job.train.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
+    world = 1 if dist is None else dist.world
     seed_everything(job.train.seed)
-    start = _starting_point(job, source, out, data_sha)
+    start = _starting_point(job, source, out, data_sha, world)
     model, tokenizer = start.model, start.tokenizer
+    if dist is not None:  # the same initial weights everywhere (Trainer broadcasts them too), its own dropout in each
+        seed_everything(job.train.seed + dist.rank)
     T = model.cfg.context_size
     if job.qa:
         split = split_tokens(tokenizer.encode(text, allow_special=True), job.train.val_fraction, T, source=f"Q&A file {dataset}")
     else:  # tokenized once into a memory-mapped file, cached by content and tokenizer (tokenfile.py)
-        split = split_memmap(token_file(dataset, tokenizer, info), job.train.val_fraction, T, source=f"dataset {dataset}")
+        with _main_first(dist):  # one process writes the cached token file, the others then read it
+            ids = token_file(dataset, tokenizer, info)
+        split = split_memmap(ids, job.train.val_fraction, T, source=f"dataset {dataset}")
+    if dist is not None:  # text too short to give every process a batch: say so before the first log line
+        ChunkBatches(split.train, T, job.train.batch_size, rank=dist.rank, world=dist.world)
 
-    out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
-    banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", device.type)])
+    if dist is None or dist.main:
+        out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
+    where = device.type if dist is None else f"{device.type}, {world} process{'es' if world > 1 else ''} (torchrun, data parallel)"
+    banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", where)])
     log.info("Loading dataset...")
     log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
     for note in start.notes:
@@ -281,10 +313,13 @@ def run_training(job: TrainJob) -> TrainResult:
                         ("chunk size", T), ("training tokens", len(split.train)), ("validation tokens", len(split.val))])
     log_model(model)
     log_trainer(job.train)
+    if dist is not None:
+        log.info("Data parallel: each step trains on %d processes x %d micro-batch(es) x %d sequences", world,
+                 job.train.grad_accum, job.train.batch_size)
     meta = {"tinylm_version": __version__, "dataset": str(dataset), "dataset_sha256": data_sha,
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     trainer = Trainer(model, tokenizer, split, job.train, out=out, last=last_path(out), meta=meta,
-                      checkpoints=checkpoint_dir(out))
+                      checkpoints=checkpoint_dir(out), dist=dist)
     trainer.replace_ckpts = start.replace
     if start.state is not None:
         restore_trainer(trainer, start.state)

@@ -6,7 +6,10 @@ split, saving the best and last model, checkpoints (when, not how: see trainstat
 stopping (epochs, steps or time, whichever comes first, or a SIGINT/SIGTERM, which saves a
 checkpoint and returns). Numerical faults: a step whose loss or gradient is not finite is skipped
 on the device (no host sync); several in a row roll back to the last checkpoint with a lower
-learning rate. It does not parse flags or read files.
+learning rate. Data parallelism (several processes under torchrun, see distributed.py): each
+process trains on its share of the batches, the gradients are averaged in every step, process 0
+alone logs and writes files, and every decision that depends on a clock or a signal is agreed on
+by all processes. It does not parse flags or read files.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .checkpoint import BackgroundSaver
 from .corpus import cache_dir
 from .data import ChunkBatches, TokenSplit, eval_windows
 from .device import autocast_dtype, configure, resolve_device
+from .distributed import Dist
 from .ema import EMA
 from .errors import UsageError
 from .log import Progress, log
@@ -132,28 +136,34 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 @torch.no_grad()
 def evaluate(model, tokens: torch.Tensor | np.ndarray, context: int, batch_size: int, device: torch.device,
-             dtype: torch.dtype | None = None) -> float:
+             dtype: torch.dtype | None = None, dist: Dist | None = None) -> float:
     """Mean next-token cross-entropy over every token of `tokens` (exact, not sampled).
     `tokens`: an int64 tensor, a `tokenstream.TokenWindows`, or a numpy array / token-file memmap,
-    read one batch at a time (see `data.eval_windows`); the loss is the same for each."""
+    read one batch at a time (see `data.eval_windows`); the loss is the same for each.
+    With `dist`, each process measures every world-th batch and the sums are added up, so every
+    process returns the loss over all of `tokens`."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    count = 0
-    for x, y in eval_windows(tokens, context, batch_size):
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # (loss x tokens, tokens)
+    for i, (x, y) in enumerate(eval_windows(tokens, context, batch_size)):
+        if dist is not None and i % dist.world != dist.rank:
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device, dtype):
             _, loss = model(x, y)
-        n = int((y != -1).sum())
-        total += loss.double() * n
-        count += n
+        n = (y != -1).sum()
+        sums += torch.stack([loss.double() * n, n.double()])
+    if dist is not None:
+        dist.sum_(sums)
     model.train(was_training)
-    return float(total) / max(count, 1)
+    total, count = sums.tolist()
+    return total / max(count, 1)
 
 
-def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype) -> torch.Tensor:
+def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype, dist: Dist | None = None) -> torch.Tensor:
     """One optimizer step over `micro_batches` [(x, y), ...]; returns the mean loss as a device
-    tensor (no host sync), NaN when the step was skipped for a non-finite loss or gradient."""
+    tensor (no host sync), NaN when the step was skipped for a non-finite loss or gradient.
+    With `dist`, the gradients and the loss are the means over all processes."""
     total = torch.zeros((), device=device)
     for x, y in micro_batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -163,6 +173,8 @@ def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype) -> to
         # the gradient of one batch len(micro_batches) times larger.
         (loss / len(micro_batches)).backward()
         total += loss.detach()
+    if dist is not None:
+        dist.average_gradients_(model.parameters(), total)
     ok = clipped_step(opt, model.parameters(), cfg.grad_clip, total)
     opt.zero_grad(set_to_none=True)
     return torch.where(ok, total / len(micro_batches), math.nan)
@@ -210,17 +222,23 @@ def _progress(cfg: TrainConfig, step: int, epoch_pos: float, elapsed: float) -> 
 class Trainer:
     """Holds the state of one run; `run()` executes it. Saving goes to `out` (best by validation
     loss; the current weights when there is no validation), `last` (latest weights) and, when
-    `checkpoints` names a folder, resumable checkpoints there (see trainstate.py)."""
+    `checkpoints` names a folder, resumable checkpoints there (see trainstate.py). `dist`: this
+    process's place among several training together (distributed.py); only process 0 writes."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, split: TokenSplit, cfg: TrainConfig,
                  out: Path | None = None, last: Path | None = None, meta: dict | None = None,
-                 checkpoints: Path | None = None):
+                 checkpoints: Path | None = None, dist: Dist | None = None):
         self.cfg, self.tokenizer, self.split = cfg, tokenizer, split
         self.out, self.last, self.meta = out, last, dict(meta or {})
-        self.device = resolve_device(cfg.device)
+        self.dist = dist
+        self.main = dist is None or dist.main  # the process that logs and writes files
+        self.world = 1 if dist is None else dist.world
+        self.device = resolve_device(cfg.device) if dist is None else dist.device
         configure(self.device)
         self.dtype = autocast_dtype(self.device, cfg.dtype)
         self.model = model.to(self.device)
+        if dist is not None:  # every process starts from process 0's weights
+            dist.broadcast_(list(self.model.parameters()))
         T = model.cfg.context_size
         # The training forward: evaluation always runs the eager self.model, so switching between
         # train and eval never recompiles.
@@ -240,12 +258,13 @@ class Trainer:
             from .graph_step import GraphedStep  # noqa: PLC0415
 
             self.graphed = GraphedStep(self.model, param_groups(self.model, cfg), cfg, self.dtype, (cfg.batch_size, T),
-                                       forward=self.fwd, after_step=self.ema.update if self.ema else None)
+                                       forward=self.fwd, after_step=self.ema.update if self.ema else None, dist=dist)
             self.opt = self.graphed.opt
         else:
             self.opt = make_optimizer(self.model, cfg, self.device)
         # the token stream lives on the device, so batches are gathered there with no copies
-        self.batches = ChunkBatches(split.train.to(self.device), T, cfg.batch_size, cfg.seed)
+        self.batches = ChunkBatches(split.train.to(self.device), T, cfg.batch_size, cfg.seed,
+                                    rank=0 if dist is None else dist.rank, world=self.world)
         self.steps_per_epoch = max(1, self.batches.batches_per_epoch // cfg.grad_accum)
         self.plateau = PlateauState(lr=cfg.lr)
         self.warmup_progress = 0.0
@@ -265,7 +284,9 @@ class Trainer:
         self.ckpt_dir = Path(checkpoints) if checkpoints is not None else None
         self.replace_ckpts: list[Path] = []  # an earlier run's checkpoints, removed once this run has one
         self.best_ckpt_val, self.ckpt_pending = math.inf, False
-        self.t0 = self.last_ckpt = time.time()
+        self.t0 = time.time()
+        self.agreed = (False, 0.0)  # data parallel: (a signal, the training seconds) as last agreed (_agree)
+        self.last_ckpt = 0.0  # self.clock() at the latest checkpoint
         self._batches = None  # this epoch's batch iterator; None = start it at (epoch, pos)
 
     def lr_for(self, step: int, progress: float) -> float:
@@ -282,6 +303,27 @@ class Trainer:
         """Training seconds so far, those before a resume included."""
         return self.elapsed_before + time.time() - self.t0
 
+    def clock(self) -> float:
+        """The training seconds that time-based decisions use (the --time budget, the cosine
+        schedule's progress under it, --checkpoint-minutes): the live clock in a single process;
+        with several processes the largest of their clocks at the last agreement, so that all of
+        them decide alike."""
+        return self.elapsed() if self.dist is None else self.agreed[1]
+
+    def _stopped(self, stop: StopFlag) -> bool:
+        """Whether a signal asked the run to stop: at once in a single process; with several, as
+        agreed at the last agreement."""
+        return stop.set if self.dist is None else self.agreed[0]
+
+    def _agree(self, stop: StopFlag) -> None:
+        """Data parallelism: every log_interval steps (the same steps in every process), agree on
+        whether any process was signalled and on the training time (a host sync). Between these
+        points every decision is made from values all processes share."""
+        if self.dist is None or self.result.steps % self.cfg.log_interval:
+            return
+        signalled, seconds = self.dist.max_([float(stop.set), self.elapsed()])
+        self.agreed = (bool(signalled), seconds)
+
     def reset_position(self) -> None:
         """Restart the batch iterator at (self.epoch, self.pos), after a resume or a rollback."""
         self._batches = None
@@ -289,22 +331,26 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg, res = self.cfg, self.result
         self.model.train()
-        self.t0 = self.last_ckpt = time.time()
+        self.t0 = time.time()
+        self.agreed = (False, self.elapsed_before)
+        self.last_ckpt = self.clock()
         progress = Progress(cfg.log_interval)
         with StopFlag() as stop:
-            while not (stop.set or self._done()):
+            while not (self._stopped(stop) or self._done()):
                 self._step(progress)
                 if res.steps % cfg.log_interval == 0 and self._check_faults():
                     progress.mark = (time.time(), res.tokens)  # rolled back: the token count went back too
                     continue  # ... and training goes on from the checkpoint's position
-                if self.pos == self.steps_per_epoch or stop.set or self._done():
-                    self._end_epoch(progress, stop.set)
-                if not (stop.set or self._done()) and self._checkpoint_due():
+                self._agree(stop)
+                ending = self._stopped(stop) or self._done()
+                if self.pos == self.steps_per_epoch or ending:
+                    self._end_epoch(progress, self._stopped(stop))
+                if not ending and self._checkpoint_due():
                     trainstate.checkpoint(self)
+            res.interrupted = self._stopped(stop)
         progress.clear()
-        res.interrupted = stop.set
         res.elapsed = self.elapsed()
-        if not stop.set and (not res.history or res.history[-1][0] != res.steps):
+        if not res.interrupted and (not res.history or res.history[-1][0] != res.steps):
             self._validate()
         self._save_last()
         if self.ckpt_dir is not None:  # also what a SIGINT/SIGTERM saves
@@ -314,14 +360,14 @@ class Trainer:
     def _done(self) -> bool:
         cfg = self.cfg
         return bool((cfg.epochs and self.epoch >= cfg.epochs) or (cfg.max_steps and self.result.steps >= cfg.max_steps)
-                    or (cfg.time_budget and self.elapsed() >= cfg.time_budget))
+                    or (cfg.time_budget and self.clock() >= cfg.time_budget))
 
     def _step(self, progress: Progress) -> None:
         cfg, res = self.cfg, self.result
         if self._batches is None:
             self._batches = self.batches.epoch(self.epoch, skip=self.pos * cfg.grad_accum)
             self.t_epoch = time.time()
-        frac = _progress(cfg, res.steps, self.epoch + self.pos / self.steps_per_epoch, self.elapsed())
+        frac = _progress(cfg, res.steps, self.epoch + self.pos / self.steps_per_epoch, self.clock())
         self.lr = lr = self.lr_for(res.steps, frac) * self.lr_scale
         micro_batches = [next(self._batches) for _ in range(cfg.grad_accum)]
         if self.graphed is not None:
@@ -329,7 +375,7 @@ class Trainer:
         else:
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype)
+            loss = train_step(self.fwd, self.opt, micro_batches, cfg, self.device, self.dtype, self.dist)
             if self.ema is not None:
                 self.ema.update()
         ok = torch.isfinite(loss)  # False: the step was skipped (device-side bookkeeping, no sync)
@@ -339,9 +385,9 @@ class Trainer:
         self.bad_run = (self.bad_run + 1) * ~ok
         self.pos += 1
         res.steps += 1
-        res.tokens += cfg.batch_size * cfg.grad_accum * self.model.cfg.context_size
+        res.tokens += cfg.batch_size * cfg.grad_accum * self.model.cfg.context_size * self.world
         res.epochs_done = self.epoch + self.pos / self.steps_per_epoch
-        if progress.wants(res.steps):
+        if self.main and progress.wants(res.steps):
             progress.update(res.steps, loss.item(), lr, res.tokens, frac, self.elapsed())
         if cfg.eval_interval and res.steps % cfg.eval_interval == 0:
             progress.clear()
@@ -375,7 +421,8 @@ class Trainer:
                     self._save(self.out)
             return
         with self.averaged():  # with --ema the averaged weights are the ones measured and saved
-            val = evaluate(self.model, self.split.val, self.model.cfg.context_size, self.cfg.batch_size, self.device, self.dtype)
+            val = evaluate(self.model, self.split.val, self.model.cfg.context_size, self.cfg.batch_size, self.device, self.dtype,
+                           self.dist)
             res.last_val = val
             res.history.append((res.steps, self.elapsed(), val))
             improved = val < res.best_val
@@ -414,13 +461,15 @@ class Trainer:
         if not self.weights_finite():  # never write a model with NaN/inf weights
             log.warning("Not saving %s: the weights hold NaN/inf values", path)
             return
+        if path == self.out:
+            self.saved_out = True
+        if not self.main:  # the weights are the same in every process: process 0 writes them
+            return
         res = self.result
         meta = {**self.meta, "steps": res.steps, "epochs": round(res.epochs_done, 4), "tokens_seen": res.tokens,
                 "val_loss": None if math.isnan(res.last_val) else res.last_val, "train_config": asdict(self.cfg),
                 "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.saver.submit(path, self.model, self.tokenizer, meta)
-        if path == self.out:
-            self.saved_out = True
 
     def _save_last(self) -> None:
         if self.last is not None:
@@ -434,4 +483,4 @@ class Trainer:
         cfg = self.cfg
         return self.ckpt_dir is not None and (
             self.ckpt_pending or bool(cfg.checkpoint_every and self.result.steps % cfg.checkpoint_every == 0)
-            or bool(cfg.checkpoint_minutes and time.time() - self.last_ckpt >= 60 * cfg.checkpoint_minutes))
+            or bool(cfg.checkpoint_minutes and self.clock() - self.last_ckpt >= 60 * cfg.checkpoint_minutes))

@@ -12,8 +12,10 @@ anything else and never runs code from the file. Writes are atomic (checkpoint.a
 What a checkpoint holds (`trainer_state`): model and optimizer state, the step / epoch / position
 in the epoch (the sampler is deterministic per (seed, epoch), so the position is enough), the
 schedule's state (plateau, warmup progress, the rollback scale), the epoch's running loss, the
-validation history, the RNG states (Python, NumPy, torch CPU and CUDA), the model and training
-configs, and SHA-256 fingerprints of the data and the tokenizer.
+validation history, the RNG states (Python, NumPy, torch CPU and CUDA; with several processes,
+every process's), the number of processes, the model and training configs, and SHA-256
+fingerprints of the data and the tokenizer. With several processes (distributed.py) process 0
+writes the file and every process reads it back when it resumes or rolls back.
 
 This module writes, finds, checks and reads checkpoints and moves state into and out of a
 Trainer (by its attribute names); it does not decide when to checkpoint (train.py) or which
@@ -29,7 +31,6 @@ import math
 import os
 import random
 import re
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -120,8 +121,9 @@ def _cpu(x):
     return x
 
 
-def trainer_state(t, val_loss: float | None = None) -> dict:
-    """Everything an exact resume of Trainer `t` needs, as of the end of its latest step."""
+def trainer_state(t, val_loss: float | None = None, rng_ranks: list | None = None) -> dict:
+    """Everything an exact resume of Trainer `t` needs, as of the end of its latest step.
+    rng_ranks: with several processes, every process's `rng_state()` in rank order."""
     res = t.result
     return {
         "format": FORMAT,
@@ -138,6 +140,8 @@ def trainer_state(t, val_loss: float | None = None) -> dict:
         "result": {"steps": res.steps, "epochs_done": res.epochs_done, "tokens": res.tokens, "best_val": res.best_val,
                    "last_val": res.last_val, "history": [tuple(h) for h in res.history]},
         "rng": rng_state(),
+        "rng_ranks": rng_ranks,
+        "world": t.world,
         "train_config": asdict(t.cfg),
         "model_config": t.model.cfg.to_dict(),
         "tokenizer": json.dumps(t.tokenizer.to_dict()),
@@ -181,7 +185,8 @@ def restore_trainer(t, s: dict) -> None:
     for k, v in s["result"].items():
         setattr(res, k, [tuple(h) for h in v] if k == "history" else v)
     t.reset_position()
-    set_rng_state(s["rng"])
+    ranks = s.get("rng_ranks")  # each process continues its own random streams (dropout), if it had one
+    set_rng_state(ranks[t.dist.rank] if t.dist is not None and ranks and len(ranks) == t.world else s["rng"])
 
 
 # ---------------------------------------------------------------- a Trainer's checkpoint and rollback
@@ -190,27 +195,34 @@ def checkpoint(t) -> None:
     """Save Trainer `t`'s state as a checkpoint in t.ckpt_dir. Postponed (to the next step) while
     steps are being skipped or the weights are not finite, so a rollback always finds a healthy
     state. A failed write, such as a full disk, stops the run with a UsageError: the previous
-    checkpoint is intact and resumes it (continuing would only risk more work that cannot be saved)."""
+    checkpoint is intact and resumes it (continuing would only risk more work that cannot be saved).
+    With several processes every one calls this at the same step: process 0 writes the file with
+    all processes' RNG states, and none goes on before it is on disk."""
     res = t.result
     if int(t.bad_run) or not t.weights_finite():
         if not t.ckpt_pending:
             log.warning("Checkpoint postponed: the latest steps had a non-finite loss or gradient")
         t.ckpt_pending = True
         return
-    t.saver.wait()  # the model files this state speaks of are on disk first
     val = res.last_val if res.history and res.history[-1][0] == res.steps else None
     best = val is not None and val < t.best_ckpt_val
     if best:
         t.best_ckpt_val = val
-    before = list_checkpoints(t.ckpt_dir)
-    try:
-        path = save_checkpoint(t.ckpt_dir, trainer_state(t, val), t.cfg.keep_checkpoints, best=best, replace=t.replace_ckpts)
-    except OSError as e:
-        kept = f"the previous checkpoint {before[-1][1]} is intact" if before else "there is no earlier checkpoint"
-        raise UsageError(f"could not write a checkpoint in {t.ckpt_dir} ({e.strerror or e}); {kept}; "
-                         "free some disk space, then resume with --resume") from None
-    t.replace_ckpts, t.ckpt_pending, t.last_ckpt = [], False, time.time()
-    log.info("Saved checkpoint %s", path)
+    rng_ranks = t.dist.gather_objects(rng_state()) if t.dist is not None else None
+    if t.main:
+        t.saver.wait()  # the model files this state speaks of are on disk first
+        before = list_checkpoints(t.ckpt_dir)
+        try:
+            path = save_checkpoint(t.ckpt_dir, trainer_state(t, val, rng_ranks), t.cfg.keep_checkpoints, best=best,
+                                   replace=t.replace_ckpts)
+        except OSError as e:
+            kept = f"the previous checkpoint {before[-1][1]} is intact" if before else "there is no earlier checkpoint"
+            raise UsageError(f"could not write a checkpoint in {t.ckpt_dir} ({e.strerror or e}); {kept}; "
+                             "free some disk space, then resume with --resume") from None
+        log.info("Saved checkpoint %s", path)
+    if t.dist is not None:
+        t.dist.barrier()
+    t.replace_ckpts, t.ckpt_pending, t.last_ckpt = [], False, t.clock()
 
 
 def rollback(t, bad: int) -> None:
@@ -336,10 +348,13 @@ def _same(a, b) -> bool:
 
 
 def mismatches(state: dict, train_config: dict, model_config: dict, data_sha256: str | None,
-               tokenizer_sha: str | None = None) -> list[str]:
+               tokenizer_sha: str | None = None, world: int = 1) -> list[str]:
     """What differs between checkpoint `state` and the run about to resume it, one short phrase
-    each, e.g. ["--lr 0.001 -> 0.01", "the data (sha256 3f2a9c1e -> 9b07d4aa)"]."""
+    each, e.g. ["--lr 0.001 -> 0.01", "the data (sha256 3f2a9c1e -> 9b07d4aa)"]. `world`: the
+    processes of this run (the batches a step takes, and their order, depend on it)."""
     out = []
+    if state.get("world", 1) != world:
+        out.append(f"the number of processes (torchrun --nproc_per_node) {state.get('world', 1)} -> {world}")
     if data_sha256 and state.get("data_sha256") and data_sha256 != state["data_sha256"]:
         out.append(f"the data (sha256 {state['data_sha256'][:8]} -> {data_sha256[:8]})")
     if tokenizer_sha and tokenizer_sha != state.get("tokenizer_sha256"):
