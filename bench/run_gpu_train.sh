@@ -30,7 +30,7 @@ for run in "$@"; do
     fast_rope) ttl $run $NANO --positions rope --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 14 --eval-interval 100 ;;
     fast_rope_relu2_qk) ttl $run $NANO --positions rope --activation relu2 --qk-norm --dropout 0.2 --lr 3e-3 --min-lr 3e-4 --beta2 0.99 --warmup 50 --time 14 --eval-interval 100 ;;
     profile) python3 bench/profile_train.py --variants ${PROFILE_VARIANTS:-eager,full,graph,full-ro} --profile ${PROFILE_WHICH:-graph} 2>&1 | tee "$OUT/profile.txt" ;;
-    tests) python3 -m pytest -q tests/test_gpu.py tests/test_generate_cache.py tests/test_decode_kernel.py tests/test_faults.py tests/test_optim.py tests/test_tokenfile.py tests/test_distributed.py tests/test_fused_ce.py 2>&1 | tail -25 | tee "$OUT/tests.txt" ;;
+    tests) python3 -m pytest -q tests/test_gpu.py tests/test_generate_cache.py tests/test_decode_kernel.py tests/test_faults.py tests/test_optim.py tests/test_tokenfile.py tests/test_distributed.py tests/test_fused_ce.py ${TEST_ARGS:-} > "$OUT/tests.txt" 2>&1; tail -25 "$OUT/tests.txt" ;;
     graph20) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 20 --eval-interval 100 --cuda-graph ;;
     graph16) ttl $run $NANO --dropout 0.2 --lr 2e-3 --min-lr 2e-4 --beta2 0.99 --warmup 50 --time 16 --eval-interval 100 --cuda-graph ;;
     graph55_big) ttl $run --layers 8 --heads 8 --embd 512 --ff 2048 --context 256 --batch-size 64 --dropout 0.25 --lr 1e-3 --min-lr 1e-4 --beta2 0.99 --warmup 100 --time 55 --eval-interval 200 --cuda-graph ;;

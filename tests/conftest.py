@@ -73,6 +73,15 @@ def one_cpu_thread():
         os.environ["TINYLM_THREADS"] = env
 
 
+@pytest.fixture(autouse=True)
+def default_matmul_precision():
+    """A CUDA Trainer turns TF32 matmuls on for the whole process (device.configure); put PyTorch's
+    defaults back after each test, so that later fp32 comparisons are not run in TF32."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     """About 6000 characters of built-in text: enough for a context-16 model and a val split."""

@@ -182,8 +182,10 @@ def test_bad_input_is_one_error_line_from_process_0_before_any_log(folder, args,
 # ---------------------------------------------------------------- on a GPU (NCCL; the device machine has one)
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-GPU_FLAGS = [f for f in FLAGS if f != "cpu" and f != "--device"] + ["--device", "cuda", "--batch-size", "8", "--steps", "30",
-                                                                   "--dropout", "0"]
+# fp32: in bf16 the order in which the GPU adds things up (attention's backward varies run to
+# run) moves the weights by more than any tolerance that would still catch a wrong average
+GPU_FLAGS = [f for f in FLAGS if f not in ("cpu", "--device")] + ["--device", "cuda", "--dtype", "fp32", "--batch-size", "8",
+                                                                  "--steps", "30", "--dropout", "0"]
 
 
 @NEEDS_CUDA
@@ -198,9 +200,12 @@ def test_nccl_process_trains_as_a_plain_run(folder, speed):
     assert tinylm_lines(err, "Device:") == ["Device: cuda, 1 process (torchrun, data parallel)"]
     rc, _, err1 = run_cli([*common, "-o", "plain.model"], folder)
     assert rc == 0, err1
+    vals = [[float(ln.split(": ")[1].split(",")[0]) for ln in tinylm_lines(e, "Validation loss")] for e in (err, err1)]
+    assert len(vals[0]) == len(vals[1]) == 3 and max(abs(a - b) for a, b in zip(*vals)) < 2e-3, vals
     a, b = weights(folder / "nccl.last.model"), weights(folder / "plain.last.model")
-    # attention's backward on the GPU adds in a varying order, so not bit for bit
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-3
+    # not bit for bit: the GPU's sums (attention's backward) vary in order from run to run, and
+    # Adam turns a near-zero gradient whose sign flips into a full step of the learning rate
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-2
 
 
 @NEEDS_CUDA

@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from .errors import UsageError
@@ -88,8 +89,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile for training: model (whole forward+loss), blocks (each block; faster to compile), "
                         "off; auto (default) = model on CUDA, off on CPU")
     g.add_argument("--cuda-graph", action="store_true", default=None,
-                   help="replay the whole training step as one CUDA graph (CUDA, AdamW); with --compile model the graph "
-                        "records the compiled kernels")
+                   help="replay the whole training step as one CUDA graph (CUDA, AdamW; the default there); with "
+                        "--compile model the graph records the compiled kernels")
+    g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="launch the step's kernels one by one instead of replaying a CUDA graph")
     g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
     g = p.add_argument_group("checkpoints and resuming (checkpoints go to <output>.ckpt/)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = off, the default)")
@@ -320,24 +323,33 @@ def cmd_demo(args) -> int:
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
 
 
+def _say(text: str) -> None:
+    """Print an error line. Under torchrun every process meets the same bad input: process 0
+    prints it at once, the others wait a moment first, and torchrun ends them as soon as process
+    0 has failed, so the line appears once; a failure of another process alone is still printed."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))  # torchrun's rank of this process
+    except ValueError:
+        rank = 0
+    if rank:
+        time.sleep(3)
+        text = f"[process {rank}] {text}"
+    print(text, file=sys.stderr)
+
+
 def run_guarded(fn, *args) -> int:
-    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130. Under
-    torchrun every process meets the same bad input, so only process 0 prints it."""
-    say = os.environ.get("RANK", "0").strip() in ("0", "")  # torchrun's rank of this process
+    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
     try:
         return fn(*args)
     except UsageError as e:
-        if say:
-            print(f"error: {e}", file=sys.stderr)
+        _say(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        if say:
-            print("\ninterrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
     except _oom_types() as e:
-        if say:
-            print(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
-                  "or a smaller model/--context", file=sys.stderr)
+        _say(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
+             "or a smaller model/--context")
         return 2
 
 
