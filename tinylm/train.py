@@ -1,8 +1,8 @@
-"""Training: `TrainConfig` and `train()`, built from small named steps.
+"""Training: `TrainConfig` and the `Trainer` loop, built from small named steps.
 
-Owns the optimizer (AdamW, decay on matrices only), the schedule in use, the step (micro-batches
-with gradient accumulation, clipping, bf16 autocast on CUDA), exact evaluation on the validation
-split, saving the best and last model, checkpoints (when, not how: see trainstate.py), and
+Owns the optimizer (AdamW, decay on matrices only), the schedule in use, the loop around
+step.py's `train_step` (or the CUDA-graph step) and `evaluate` on the validation split, saving
+the best and last model, checkpoints (when, not how: see trainstate.py), and
 stopping (epochs, steps or time, whichever comes first, or a SIGINT/SIGTERM, which saves a
 checkpoint and returns). Numerical faults: a step whose loss or gradient is not finite is skipped
 on the device (no host sync); several in a row roll back to the last checkpoint with a lower
@@ -29,15 +29,16 @@ import torch
 from . import trainstate
 from .checkpoint import BackgroundSaver
 from .corpus import cache_dir
-from .data import ChunkBatches, TokenSplit, eval_windows
+from .data import ChunkBatches, TokenSplit
 from .device import autocast_dtype, configure, resolve_device
 from .distributed import Dist
 from .ema import EMA
 from .errors import UsageError
 from .log import Progress, log
 from .model import GPT
-from .optim import clipped_step, make_optimizer, param_groups
+from .optim import make_optimizer, param_groups
 from .schedule import PlateauState, cosine_lr, plateau_update
+from .step import evaluate, train_step
 from .tokenizers import Tokenizer
 
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -128,56 +129,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate(model, tokens: torch.Tensor | np.ndarray, context: int, batch_size: int, device: torch.device,
-             dtype: torch.dtype | None = None, dist: Dist | None = None) -> float:
-    """Mean next-token cross-entropy over every token of `tokens` (exact, not sampled).
-    `tokens`: an int64 tensor, a `tokenstream.TokenWindows`, or a numpy array / token-file memmap,
-    read one batch at a time (see `data.eval_windows`); the loss is the same for each.
-    With `dist`, each process measures every world-th batch and the sums are added up, so every
-    process returns the loss over all of `tokens`."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, device=device, dtype=torch.float64)  # (loss x tokens, tokens)
-    for i, (x, y) in enumerate(eval_windows(tokens, context, batch_size)):
-        if dist is not None and i % dist.world != dist.rank:
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, dtype):
-            _, loss = model(x, y)
-        n = (y != -1).sum()
-        sums += torch.stack([loss.double() * n, n.double()])
-    if dist is not None:
-        dist.sum_(sums)
-    model.train(was_training)
-    total, count = sums.tolist()
-    return total / max(count, 1)
-
-
-def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype, dist: Dist | None = None) -> torch.Tensor:
-    """One optimizer step over `micro_batches` [(x, y), ...]; returns the mean loss as a device
-    tensor (no host sync), NaN when the step was skipped for a non-finite loss or gradient.
-    With `dist`, the gradients and the loss are the means over all processes."""
-    total = torch.zeros((), device=device)
-    for x, y in micro_batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, dtype):
-            _, loss = model(x, y)
-        # subtle: divide so the accumulated gradient is the mean over all micro-batches, equal to
-        # the gradient of one batch len(micro_batches) times larger.
-        (loss / len(micro_batches)).backward()
-        total += loss.detach()
-    if dist is not None:
-        dist.average_gradients_(model.parameters(), total)
-    ok = clipped_step(opt, model.parameters(), cfg.grad_clip, total)
-    opt.zero_grad(set_to_none=True)
-    return torch.where(ok, total / len(micro_batches), math.nan)
 
 
 class StopFlag:
