@@ -167,6 +167,19 @@ def test_sigterm_stops_all_processes_and_the_resumed_run_is_bit_identical(folder
     assert rc == 2 and "the number of processes (torchrun --nproc_per_node) 2 -> 1" in err, err
 
 
+def test_resuming_a_one_process_checkpoint_with_two_gives_each_its_own_random_stream(folder):
+    common = ["train", "-d", "corpus.txt", "-o", "m.model", *FLAGS, "--batch-size", "4", "--dropout", "0.1"]
+    rc, _, err = run_cli([*common, "--steps", "20"], folder)
+    assert rc == 0, err
+    rc, err = run_torchrun([*common, "--steps", "30", "--resume"], folder)
+    assert rc != 0, err  # refused: another number of processes (and --steps)
+    assert [ln for ln in err.splitlines() if ln.startswith("error: ")][0].startswith("error: cannot resume from"), err
+    rc, err = run_torchrun([*common, "--steps", "30", "--resume", "--ignore-mismatch"], folder)
+    assert rc == 0, err
+    state = trainstate.load_checkpoint(folder / "m.model.ckpt" / "step-00000030.ckpt")
+    assert state["world"] == 2 and not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["-d", "missing.txt"], "error: dataset missing.txt does not exist; check the path given to -d/--dataset"),
     (["-d", "corpus.txt", "--batch-size", "400"], "error: the training text makes 1 batch(es) of --batch-size 400 per epoch, "

@@ -185,8 +185,13 @@ def restore_trainer(t, s: dict) -> None:
     for k, v in s["result"].items():
         setattr(res, k, [tuple(h) for h in v] if k == "history" else v)
     t.reset_position()
-    ranks = s.get("rng_ranks")  # each process continues its own random streams (dropout), if it had one
-    set_rng_state(ranks[t.dist.rank] if t.dist is not None and ranks and len(ranks) == t.world else s["rng"])
+    ranks = s.get("rng_ranks")
+    if t.dist is not None and ranks and len(ranks) == t.world:
+        set_rng_state(ranks[t.dist.rank])  # each process continues its own random streams (dropout)
+    else:
+        set_rng_state(s["rng"])
+        if t.dist is not None:  # a checkpoint of another number of processes (--ignore-mismatch): one stream each
+            torch.manual_seed(t.cfg.seed + t.dist.rank + 1_000_003 * t.result.steps)
 
 
 # ---------------------------------------------------------------- a Trainer's checkpoint and rollback
