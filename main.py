@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train(args, device: str) -> int:
-    from tinylm.device import resolve_device  # noqa: PLC0415
+    from tinylm.util.device import resolve_device  # noqa: PLC0415
     from tinylm.presets import build_configs  # noqa: PLC0415
     from tinylm.runner import TrainJob, run_training  # noqa: PLC0415
 
@@ -58,12 +58,12 @@ def train(args, device: str) -> int:
 
 
 def infer(args, device: str) -> int:
-    from tinylm.checkpoint import load_model  # noqa: PLC0415
-    from tinylm.device import resolve_device  # noqa: PLC0415
-    from tinylm.errors import UsageError  # noqa: PLC0415
-    from tinylm.generate import SamplingConfig  # noqa: PLC0415
-    from tinylm.log import banner, log, summary  # noqa: PLC0415
-    from tinylm.textgen import encode_prompt, generate_text  # noqa: PLC0415
+    from tinylm.model.files import load_model  # noqa: PLC0415
+    from tinylm.util.device import resolve_device  # noqa: PLC0415
+    from tinylm.util.errors import UsageError  # noqa: PLC0415
+    from tinylm.generate.engine import SamplingConfig  # noqa: PLC0415
+    from tinylm.util.log import banner, log, summary  # noqa: PLC0415
+    from tinylm.generate.text import encode_prompt, generate_text  # noqa: PLC0415
 
     if not args.model or args.prompt is None:
         raise UsageError("inference mode (-i) needs both -m MODEL and -p PROMPT, e.g. python main.py -i -m models/book.model -p \"Once\"")
@@ -87,7 +87,7 @@ def infer(args, device: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tinylm.cli import run_guarded  # noqa: PLC0415 - after parsing, so --help stays fast
-    from tinylm.log import setup_logging  # noqa: PLC0415
+    from tinylm.util.log import setup_logging  # noqa: PLC0415
 
     setup_logging()
     device = "cpu" if args.cpu else "cuda" if args.gpu else "auto"

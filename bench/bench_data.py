@@ -59,9 +59,9 @@ def child(mode: str, kind: str, corpus: Path, tok_file: Path) -> dict:
     """One measurement, in this (fresh) process; prints a JSON line."""
     import torch  # noqa: PLC0415 - imported here so the parent stays light
 
-    from tinylm.data import read_text  # noqa: PLC0415
-    from tinylm.tokenfile import scan_text, token_file  # noqa: PLC0415
-    from tinylm.tokenstream import gather_batch, split_memmap  # noqa: PLC0415
+    from tinylm.data.batches import read_text  # noqa: PLC0415
+    from tinylm.data.tokenfile import scan_text, token_file  # noqa: PLC0415
+    from tinylm.data.tokenstream import gather_batch, split_memmap  # noqa: PLC0415
     from tinylm.tokenizers import CharTokenizer  # noqa: PLC0415
     from tinylm.tokenizers.bpe import BPETokenizer  # noqa: PLC0415
 

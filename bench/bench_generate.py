@@ -45,10 +45,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinylm.cpu_weights import check_kind, convert_linear_weights  # noqa: E402
-from tinylm.errors import UsageError  # noqa: E402
-from tinylm.generate import Engine, SamplingConfig  # noqa: E402
-from tinylm.model import GPT, GPTConfig  # noqa: E402
+from tinylm.kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: E402
+from tinylm.util.errors import UsageError  # noqa: E402
+from tinylm.generate.engine import Engine, SamplingConfig  # noqa: E402
+from tinylm.model.gpt import GPT, GPTConfig  # noqa: E402
 
 # name -> (GPTConfig fields, new tokens)
 SHAPES = {

@@ -74,12 +74,12 @@ INDUCTOR_FLAGS = {"nosplit": ("split_reductions", False),  # reductions in one s
 def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) -> dict:
     import torch
 
-    from tinylm.model import GPT, GPTConfig
+    from tinylm.model.gpt import GPT, GPTConfig
 
     torch.manual_seed(0)
     # flags after the variant, e.g. graphfull-nobias-unfusedce:
     #   nobias     nanoGPT bench.py's shape (no biases)
-    #   unfusedce  the head + F.cross_entropy instead of fused_ce.py's fused loss
+    #   unfusedce  the head + F.cross_entropy instead of kernels/head_loss.py's fused loss
     #   ma         torch.compile mode max-autotune-no-cudagraphs (inductor's Triton GEMMs, epilogue fusion)
     #   tma        with ma: inductor's persistent TMA matmul templates (Hopper)
     #   nosplit, cdt, agg: inductor options (INDUCTOR_FLAGS)
@@ -90,9 +90,9 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     #   ddp1       data parallelism's gradient all-reduce (distributed.py) over a one-process NCCL group:
     #              what the flat copy in and out and the collective cost a step, with no other process
     variant, *flags = variant.split("-")
-    from tinylm import fused_ce
+    from tinylm.kernels.select import training_kernels
+    from tinylm.train.step import plain_head_loss, training_forward
 
-    fused_ce.ENABLED = "unfusedce" not in flags
     cfg = GPTConfig(vocab_size=V, context_size=T, n_layer=12, n_head=12, n_embd=768, vocab_multiple=64,
                     bias="nobias" not in flags)
     model = GPT(cfg).cuda()
@@ -100,28 +100,29 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
     amp_dtype = torch.bfloat16
     if "bf16" in flags:
         model, amp_dtype = model.to(torch.bfloat16), None
-    fwd = model
-    if variant == "regional":
-        model.compile_blocks()
-    elif variant in ("full", "graphfull"):
+    # the training forward as the Trainer builds it (kernels/select.py), minus the fused loss for unfusedce
+    kernels = training_kernels(model, torch.device("cuda"), compile_blocks=variant == "regional",
+                               fused_loss="unfusedce" not in flags)
+    fwd = training_forward(model, kernels.block, kernels.head_loss or plain_head_loss)
+    if variant in ("full", "graphfull"):
         if "tma" in flags:
             import torch._inductor.config as inductor_config
 
             inductor_config.triton.enable_persistent_tma_matmul = True
         options = {option: value for flag, (option, value) in INDUCTOR_FLAGS.items() if flag in flags}
         if options:
-            fwd = torch.compile(model, dynamic=False, options=options)
+            fwd = torch.compile(fwd, dynamic=False, options=options)
         else:
-            fwd = torch.compile(model, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
+            fwd = torch.compile(fwd, dynamic=False, mode="max-autotune-no-cudagraphs" if "ma" in flags else None)
     x = torch.randint(0, V, (B, T), device="cuda")
     y = torch.randint(0, V, (B, T), device="cuda")
-    from tinylm.train import TrainConfig, param_groups, train_step
+    from tinylm.train.trainer import TrainConfig, param_groups, train_step
 
     k = next((int(f[5:]) for f in flags if f.startswith("accum")), 1)
     tc = TrainConfig(max_steps=1, lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, grad_accum=k)
     dist = one_process_group() if "ddp1" in flags else None
     if variant in ("graph", "graphfull"):  # tinylm's --cuda-graph step (graphfull: recording the compiled forward)
-        from tinylm.graph_step import GraphedStep
+        from tinylm.train.graph_step import GraphedStep
 
         g = GraphedStep(model, param_groups(model, tc), tc, amp_dtype, (B, T), forward=fwd, dist=dist)
 
@@ -131,7 +132,7 @@ def bench_tinylm(variant: str, B: int, T: int, V: int, warmup: int, iters: int) 
         opt = torch.optim.AdamW(param_groups(model, tc), lr=6e-4, betas=(0.9, 0.95), fused=True)
 
         def step():
-            train_step(fwd, opt, [(x, y)] * k, tc, torch.device("cuda"), amp_dtype, dist)
+            train_step(model, opt, [(x, y)] * k, tc, torch.device("cuda"), amp_dtype, dist, forward=fwd)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
     step()
@@ -146,7 +147,7 @@ def one_process_group():
     import torch
     import torch.distributed
 
-    from tinylm.distributed import Dist
+    from tinylm.train.distributed import Dist
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")

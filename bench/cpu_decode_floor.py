@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from tinylm.generate import Engine, SamplingConfig
-from tinylm.model import GPT, GPTConfig
+from tinylm.generate.engine import Engine, SamplingConfig
+from tinylm.model.gpt import GPT, GPTConfig
 
 
 def linears_alone(model, threads: int, reps: int = 50) -> float:

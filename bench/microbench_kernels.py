@@ -89,7 +89,7 @@ def cross_entropy(M=12 * 1024, V=50304) -> None:
 
 
 def fused_cross_entropy(M=12 * 1024, V=50304) -> None:
-    from tinylm import fused_ce
+    from tinylm.kernels import head_loss as fused_ce
 
     logits = torch.randn(M, V, device="cuda", dtype=torch.bfloat16)
     y = torch.randint(0, V, (M,), device="cuda")
@@ -104,7 +104,7 @@ def fused_cross_entropy(M=12 * 1024, V=50304) -> None:
 
 
 def head(M=12 * 1024, C=768, V=50304) -> None:
-    from tinylm import fused_ce
+    from tinylm.kernels import head_loss as fused_ce
 
     x = torch.randn(M, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = (torch.randn(V, C, device="cuda") * 0.02).requires_grad_()

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/profile_decode.py [--decodes graph,compile] [--shape char|gpt2] [--batch 1]
 
-A decode mode with the suffix "-unfused" runs with generate.FUSED_LINEAR off (no decode_linear.py
+A decode mode with the suffix "-unfused" runs with Engine(fast=("attention",)), the fused linear kernels off (no decode_linear.py
 kernels), e.g. --decodes graph,graph-unfused.
 
 For each decode mode it reports, per generated token:
@@ -23,10 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tinylm.generate import Engine, SamplingConfig  # noqa: E402
+from tinylm.generate.engine import Engine, SamplingConfig  # noqa: E402
 
-generate = sys.modules["tinylm.generate"]  # the module (tinylm.generate is also the package's generate())
-from tinylm.model import GPT, GPTConfig  # noqa: E402
+from tinylm.model.gpt import GPT, GPTConfig  # noqa: E402
 
 SHAPES = {"char": dict(n_layer=6, n_head=6, n_embd=384, context_size=256, vocab_size=65),
           "gpt2": dict(n_layer=12, n_head=12, n_embd=768, context_size=1024, vocab_size=50257)}
@@ -46,8 +45,9 @@ def main() -> None:
     prompt = torch.randint(0, V, (args.batch, 10), device="cuda")
     for name in args.decodes.split(","):
         decode = name.removesuffix("-unfused")
-        generate.FUSED_LINEAR = decode == name
-        eng = Engine(model, args.batch, V, SamplingConfig(max_new_tokens=args.tokens, temperature=0), decode=decode)
+        fused = decode == name
+        eng = Engine(model, args.batch, V, SamplingConfig(max_new_tokens=args.tokens, temperature=0), decode=decode,
+                     fast=("attention", "linear") if fused else ("attention",))
         with torch.inference_mode():
             eng(prompt)
             torch.cuda.synchronize()
@@ -73,7 +73,7 @@ def main() -> None:
                 torch.cuda.synchronize()
         kernels = [e for e in prof.events() if str(e.device_type) == "DeviceType.CUDA"]
         busy = sum(e.time_range.elapsed_us() for e in kernels) / n
-        print(f"[{args.shape} b={args.batch} {eng.mode}{'' if generate.FUSED_LINEAR else ' unfused'}] wall {wall:6.1f} us/token ({1e6 / wall:6.0f} tok/s)   "
+        print(f"[{args.shape} b={args.batch} {eng.mode}{'' if fused else ' unfused'}] wall {wall:6.1f} us/token ({1e6 / wall:6.0f} tok/s)   "
               f"replay {replay:6.1f} us/step   {len(kernels) / n:5.1f} kernels/step, GPU busy {busy:6.1f} us/step "
               f"({busy / max(1, len(kernels) / n):4.1f} us/kernel)", flush=True)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows, max_name_column_width=90))

@@ -26,8 +26,8 @@ def amp(args):
 
 
 def build(args, variant):
-    from tinylm.model import GPT, GPTConfig
-    from tinylm.train import TrainConfig, make_optimizer
+    from tinylm.model.gpt import GPT, GPTConfig
+    from tinylm.train.trainer import TrainConfig, make_optimizer
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab, context_size=args.context, n_layer=args.layers, n_head=args.heads,
@@ -38,35 +38,37 @@ def build(args, variant):
         model = model.to(torch.bfloat16)
     tc = TrainConfig(max_steps=1, optimizer=args.optimizer, lr=1e-3)
     opt = make_optimizer(model, tc, torch.device("cuda"))
-    fwd = model
-    if variant == "regional":
-        model.compile_blocks()
-    elif variant == "full":
-        fwd = torch.compile(model, dynamic=False)
+    from tinylm.kernels.select import training_kernels
+    from tinylm.train.step import plain_head_loss, training_forward
+
+    kernels = training_kernels(model, torch.device("cuda"), compile_blocks=variant == "regional")
+    plain = fwd = training_forward(model, kernels.block, kernels.head_loss or plain_head_loss)  # (x, y) -> loss
+    if variant == "full":
+        fwd = torch.compile(plain, dynamic=False)
     elif variant == "full-ro":
-        fwd = torch.compile(model, dynamic=False, mode="reduce-overhead")
+        fwd = torch.compile(plain, dynamic=False, mode="reduce-overhead")
     elif variant in ("graph", "graphfull"):  # graphfull: the CUDA graph records the compiled forward
-        from tinylm.graph_step import GraphedStep
-        from tinylm.train import param_groups
+        from tinylm.train.graph_step import GraphedStep
+        from tinylm.train.trainer import param_groups
 
         if variant == "graphfull":
-            fwd = torch.compile(model, dynamic=False)
+            fwd = torch.compile(plain, dynamic=False)
         g = GraphedStep(model, param_groups(model, tc), tc, amp(args), (args.batch, args.context), forward=fwd)
         return model, g, g.opt, tc
     return model, fwd, opt, tc
 
 
 def run(args, variant, profile=False):
-    from tinylm.train import train_step as eager_step
+    from tinylm.train.trainer import train_step as eager_step
 
-    model, fwd, opt, tc = build(args, variant)
+    model, fwd, opt, tc = build(args, variant)  # fwd: a training forward, or the graphed step
 
     def train_step(fwd, opt, mb, tc, dev, dtype):
         if variant in ("graph", "graphfull"):
             return fwd(mb, 1e-3)
         if variant == "full-ro":
             torch.compiler.cudagraph_mark_step_begin()
-        return eager_step(fwd, opt, mb, tc, dev, dtype)
+        return eager_step(model, opt, mb, tc, dev, dtype, forward=fwd)
 
     data = torch.randint(0, args.vocab, (args.batch, args.context + 1), device="cuda")
     mb = [(data[:, :-1], data[:, 1:])]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 
-from tinylm import decode_linear  # noqa: E402
+from tinylm.kernels import decode_linear  # noqa: E402
 
 COPIES = 16
 WIDTHS = {"char": (384, 65), "gpt2": (768, 50257)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from tinylm.errors import UsageError  # noqa: E402
+from tinylm.util.errors import UsageError  # noqa: E402
 from tinylm.tokenizers.bpe import train_bpe  # noqa: E402
 
 PARAGRAPH = """\

@@ -24,7 +24,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 if str(REPO) not in sys.path:  # so `import tinylm` works however pytest was started
     sys.path.insert(0, str(REPO))
 
-from tinylm.model import GPT, GPTConfig  # noqa: E402
+from tinylm.model.gpt import GPT, GPTConfig  # noqa: E402
 from tinylm.tokenizers import CharTokenizer  # noqa: E402
 
 WORDS = ("the king and queen of a far land sent word to their good friend who lived by the sea "
@@ -128,7 +128,7 @@ def char_tokenizer(corpus_text) -> CharTokenizer:
 @pytest.fixture
 def model_file(tmp_path, char_tokenizer) -> Path:
     """A randomly initialised tiny model (char tokenizer of the corpus) saved as a model file."""
-    from tinylm.checkpoint import save_model
+    from tinylm.model.files import save_model
 
     model = make_model(seed=1, vocab_size=char_tokenizer.vocab_size)
     path = tmp_path / "tiny.model"

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import make_model, make_text, run_cli
-from tinylm.checkpoint import save_model
+from tinylm.model.files import save_model
 from tinylm.tokenizers import CharTokenizer
 
 CORPUS = make_text(3000, seed=3)

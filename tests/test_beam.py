@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import make_model
-from tinylm.errors import UsageError
-from tinylm.generate import SamplingConfig, beam_search, generate
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import SamplingConfig, beam_search, generate
 
 
 class MinimalTableModel(torch.nn.Module):

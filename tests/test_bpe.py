@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinylm.errors import UsageError
+from tinylm.util.errors import UsageError
 from tinylm.tokenizers import from_dict
 from tinylm.tokenizers.bpe import BPETokenizer, load_gpt2, train_bpe
 from tinylm.tokenizers.bpe_train import count_words, learn_merges

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import make_text, run_cli
-from tinylm.checkpoint import load_model
+from tinylm.model.files import load_model
 from tinylm.tokenizers.bpe import BPETokenizer
 
 TINY = ["--layers", "1", "--embd", "32", "--heads", "2", "--context", "16", "--steps", "15", "--batch-size", "4",

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import cli_command, cli_env, make_model, make_text
-from tinylm.chat import chat, format_qa, load_qa_json
-from tinylm.checkpoint import save_model
-from tinylm.errors import UsageError
-from tinylm.generate import SamplingConfig
-from tinylm.textgen import generate_text
+from tinylm.generate.chat import chat, format_qa, load_qa_json
+from tinylm.model.files import save_model
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import SamplingConfig
+from tinylm.generate.text import generate_text
 from tinylm.tokenizers import CharTokenizer
 from tinylm.tokenizers.bpe import train_bpe
 

@@ -10,11 +10,12 @@ import struct
 import pytest
 import torch
 
-import tinylm.checkpoint as ckpt
+import tinylm.model.files as ckpt
+import tinylm.util.files as files_mod
 from conftest import make_model
-from tinylm.checkpoint import FORMAT, load_model, read_model_file, save_model
-from tinylm.errors import UsageError
-from tinylm.generate import SamplingConfig, generate
+from tinylm.model.files import FORMAT, load_model, read_model_file, save_model
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import SamplingConfig, generate
 from tinylm.tokenizers import CharTokenizer
 
 TOK = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")
@@ -205,7 +206,7 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         opened.append(str(file))
         return FailingFile(real_open(file, mode, *a, **kw))
 
-    monkeypatch.setattr(ckpt, "open", failing_open, raising=False)
+    monkeypatch.setattr(files_mod, "open", failing_open, raising=False)  # the atomic writer's module
     with pytest.raises(OSError, match="No space"):
         save_model(path, make_model(seed=2, vocab_size=TOK.vocab_size), TOK, {"v": 2})
     monkeypatch.undo()

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import cli_command, cli_env, make_text, run_cli
-from tinylm.checkpoint import load_model
-from tinylm.generate import SamplingConfig
-from tinylm.textgen import generate_text
-from tinylm.train import evaluate
+from tinylm.model.files import load_model
+from tinylm.generate.engine import SamplingConfig
+from tinylm.generate.text import generate_text
+from tinylm.train.trainer import evaluate
 
 MAIN_USAGE = "usage: main.py [-h] (-i | -t) [-c | -g] [-m MODEL] [-d DATASET] [-o OUTPUT] [-p PROMPT]"
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from conftest import make_model
-from tinylm import cli, cpu_weights
-from tinylm.cpu_weights import Fp16Linear, Int8Linear, check_kind, convert_linear_weights, quantize_rows
-from tinylm.errors import UsageError
-from tinylm.generate import Decoder, Engine, SamplingConfig
+from tinylm import cli
+from tinylm.kernels import cpu_weights
+from tinylm.kernels.cpu_weights import Fp16Linear, Int8Linear, check_kind, convert_linear_weights, quantize_rows
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import Decoder, Engine, SamplingConfig
 
 V = 40  # tiny_config's vocabulary
 KINDS = ["fp16", "int8"]

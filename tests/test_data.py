@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from tinylm.data import ChunkBatches, eval_windows, read_text, split_tokens
-from tinylm.errors import UsageError
+from tinylm.data.batches import ChunkBatches, eval_windows, read_text, split_tokens
+from tinylm.util.errors import UsageError
 
 
 # ---------------------------------------------------------------- ChunkBatches

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from conftest import make_model  # noqa: E402
-from tinylm import decode_kernels, kv_cache  # noqa: E402
-from tinylm.generate import Engine, SamplingConfig  # noqa: E402
+from tinylm.kernels import decode_attention as decode_kernels  # noqa: E402
+from tinylm.kernels.select import DECODE_FAST  # noqa: E402
+from tinylm.generate.engine import Engine, SamplingConfig  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not decode_kernels.AVAILABLE, reason="torch too old for torch.library.triton_op")
 
@@ -125,8 +126,7 @@ def test_engine_gives_the_same_greedy_tokens_fused_and_unfused(monkeypatch, deco
     cfg = SamplingConfig(max_new_tokens=60, temperature=0)
     got, caches = {}, {}
     for fused in (True, False):
-        monkeypatch.setattr(kv_cache, "FUSED_DECODE", fused)
-        eng = Engine(model, 3, 40, cfg, window=window, decode=decode)
+        eng = Engine(model, 3, 40, cfg, window=window, decode=decode, fast=DECODE_FAST if fused else ("linear",))
         assert eng.mode == decode
         assert (eng.decoder.cache.slots is None) == fused  # the recorded step took the path under test
         got[fused] = eng(prompt)

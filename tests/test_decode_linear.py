@@ -9,7 +9,6 @@ without the fused blocks.
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
@@ -18,10 +17,10 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from conftest import make_model  # noqa: E402
-from tinylm import decode_linear  # noqa: E402
-from tinylm.generate import Decoder, Engine, SamplingConfig, forward_at  # noqa: E402
+from tinylm.kernels import decode_linear  # noqa: E402
+from tinylm.generate.engine import Decoder, Engine, SamplingConfig  # noqa: E402
+from tinylm.kernels.select import DECODE_FAST  # noqa: E402
 
-generate = sys.modules["tinylm.generate"]  # the module: the package's `generate` is the function
 
 pytestmark = pytest.mark.skipif(not decode_linear.AVAILABLE, reason="torch too old for torch.library.triton_op")
 
@@ -117,7 +116,9 @@ def test_decode_block_equals_the_block_module(device, overrides):
     prompt = torch.randint(0, 40, (B, T0), generator=torch.Generator().manual_seed(4)).to(device)
     with torch.no_grad():
         cache = model.new_cache(B)
-        forward_at(model, prompt, torch.arange(T0, device=device), cache)  # prefill (unfused: T0 > 1)
+        pos0 = torch.arange(T0, device=device)
+        cache.set_positions(pos0)
+        model.trunk(prompt, cache, pos=pos0)  # prefill, the plain path
         ref_cache = model.new_cache(B)
         ref_cache.k.copy_(cache.k), ref_cache.v.copy_(cache.v)
         pos = torch.tensor([T0], device=device)
@@ -144,8 +145,7 @@ def test_engine_logits_and_greedy_tokens_agree_fused_and_unfused(monkeypatch, de
     cfg = SamplingConfig(max_new_tokens=40, temperature=0)
     got, caches = {}, {}
     for fused in (True, False):
-        monkeypatch.setattr(generate, "FUSED_LINEAR", fused)
-        eng = Engine(model, 3, 40, cfg, decode=decode)
+        eng = Engine(model, 3, 40, cfg, decode=decode, fast=DECODE_FAST if fused else ("attention",))
         assert eng.mode == decode
         got[fused] = eng(prompt)
         caches[fused] = eng.decoder.cache
@@ -157,15 +157,14 @@ def test_engine_logits_and_greedy_tokens_agree_fused_and_unfused(monkeypatch, de
 def test_bf16_step_logits_are_within_a_rounding_of_the_unfused_step(monkeypatch):
     # nanoGPT's char shape in bf16, as generation runs it: one step's logits, fused vs unfused.
     torch.manual_seed(0)
-    from tinylm.model import GPT, GPTConfig
+    from tinylm.model.gpt import GPT, GPTConfig
 
     model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, context_size=256, vocab_size=65)).cuda().bfloat16().eval()
     prompt = torch.randint(0, 65, (2, 10), device="cuda")
     out = {}
     with torch.no_grad():
         for fused in (True, False):
-            monkeypatch.setattr(generate, "FUSED_LINEAR", fused)
-            dec = Decoder(model, 2, 65)
+            dec = Decoder(model, 2, 65, fast=DECODE_FAST if fused else ("attention",))
             dec.prefill(prompt)
             out[fused] = dec.forward_one(prompt[:, -1:]).float()  # (2, 65)
     err = (out[True] - out[False]).abs().max() / out[False].abs().max()

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import cli_env, make_text, run_cli
-from tinylm import trainstate
-from tinylm.checkpoint import load_model
-from tinylm.data import ChunkBatches
-from tinylm.errors import UsageError
+from tinylm.train import state as trainstate
+from tinylm.model.files import load_model
+from tinylm.data.batches import ChunkBatches
+from tinylm.util.errors import UsageError
 
 TEXT = make_text(12000, seed=5)
 FLAGS = ["--layers", "2", "--embd", "32", "--heads", "2", "--context", "16", "--warmup", "5", "--lr", "1e-2",

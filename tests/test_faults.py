@@ -13,18 +13,18 @@ import os
 import pytest
 import torch
 
-import tinylm.checkpoint as ckpt_mod
-import tinylm.train as train_mod
+import tinylm.util.files as ckpt_mod  # where the atomic writer opens its files
+import tinylm.train.trainer as train_mod
 from conftest import make_model, make_text, tiny_config
-from tinylm import trainstate
-from tinylm.checkpoint import load_model
+from tinylm.train import state as trainstate
+from tinylm.model.files import load_model
 from tinylm.cli import build_parser, cmd_train, run_guarded
-from tinylm.data import split_tokens
-from tinylm.errors import UsageError
-from tinylm.model import GPT
-from tinylm.schedule import cosine_lr
+from tinylm.data.batches import split_tokens
+from tinylm.util.errors import UsageError
+from tinylm.model.gpt import GPT
+from tinylm.train.schedule import cosine_lr
 from tinylm.tokenizers import CharTokenizer
-from tinylm.train import TrainConfig, Trainer, make_optimizer, seed_everything, train_step
+from tinylm.train.trainer import TrainConfig, Trainer, make_optimizer, seed_everything, train_step
 
 CPU = torch.device("cpu")
 TEXT = make_text(6000, seed=12)
@@ -42,8 +42,8 @@ class Poisoned:
         if self.calls in self.weights_at:
             with torch.no_grad():
                 self.model.blocks[0].mlp.fc.weight[0, 0] = math.inf
-        logits, loss = self.model(x, y)
-        return logits, loss * math.nan if self.calls in self.nan_calls else loss
+        _, loss = self.model(x, y)
+        return loss * math.nan if self.calls in self.nan_calls else loss  # a training forward returns the loss
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -86,7 +86,7 @@ def test_a_non_finite_step_changes_neither_weights_nor_optimizer_state(kind):
     x, y = torch.randint(0, 40, (4, 16), generator=g), torch.randint(0, 40, (4, 16), generator=g)
     assert torch.isfinite(train_step(model, opt, [(x, y)], cfg, CPU, None))  # builds the optimizer state
     weights, state = snapshot(model, opt)
-    loss = train_step(Poisoned(model, nan_calls={1}), opt, [(x, y)], cfg, CPU, None)
+    loss = train_step(model, opt, [(x, y)], cfg, CPU, None, forward=Poisoned(model, nan_calls={1}))
     assert torch.isnan(loss)
     after_w, after_s = snapshot(model, opt)
     for k in weights:
@@ -282,9 +282,9 @@ class PoisonTargets:
 @cuda
 @pytest.mark.parametrize("mode", ["eager-fused", "graph"])
 def test_cuda_skips_a_non_finite_step_on_the_device_without_a_sync(mode):
-    from tinylm.graph_step import GraphedStep
-    from tinylm.model import GPTConfig
-    from tinylm.train import param_groups
+    from tinylm.train.graph_step import GraphedStep
+    from tinylm.model.gpt import GPTConfig
+    from tinylm.train.trainer import param_groups
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, context_size=32, n_layer=2, n_head=2, n_embd=64)).to(GPU).train()
@@ -325,7 +325,7 @@ def cuda_trainer(folder, **kw) -> Trainer:
 @cuda
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
 def test_cuda_step_bookkeeping_has_no_host_sync(tmp_path, graph):
-    from tinylm.log import Progress
+    from tinylm.util.log import Progress
 
     t = cuda_trainer(tmp_path, cuda_graph=graph, log_interval=1000, eval_interval=0)
     progress = Progress(1000)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_model
-from tinylm import fused_ce, model as model_module
+from tinylm.kernels import head_loss as fused_ce, select
+from tinylm.train.step import plain_head_loss, training_forward
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 kernel = pytest.mark.skipif(not fused_ce.AVAILABLE, reason="needs triton and torch.library.triton_op")
@@ -93,26 +94,29 @@ def test_the_cpu_and_evaluation_keep_the_unfused_loss_and_its_logits():
     idx = torch.randint(0, model.cfg.vocab_size, (2, 8))
     logits, loss = model(idx, idx)  # CPU training: unfused
     assert logits is not None and loss is not None
-    assert not fused_ce.applies(torch.zeros(1), 0.0, None)  # a CPU tensor never takes the fused path
+    assert select.training_kernels(model, torch.device("cpu")).head_loss is None  # the CPU never takes the fused path
 
 
 @pytest.fixture
 def small_heads_fused(monkeypatch):
     """The test models' 40-token heads take the fused loss (by default only >= 8192 outputs do)."""
-    monkeypatch.setattr(model_module, "FUSED_CE_MIN_VOCAB", 0)
+    monkeypatch.setattr(select, "FUSED_CE_MIN_VOCAB", 0)
 
 
 def _model_loss_and_grads(model, idx, targets, fused, autocast=False, compiled=False):
-    fused_ce.ENABLED = fused
+    """(head calls, loss, grads) of the training forward with the fused or the plain head loss."""
+    model.zero_grad(set_to_none=True)
+    fwd = training_forward(model, head_loss=fused_ce.fused_head_loss if fused else plain_head_loss)
+    fwd = torch.compile(fwd, dynamic=False) if compiled else fwd
+    calls = []  # the plain head (lm_head's forward) makes the logits; the fused path never does
+    hook = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
     try:
-        model.zero_grad(set_to_none=True)
-        fwd = torch.compile(model, dynamic=False) if compiled else model
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            logits, loss = fwd(idx, targets)
-        loss.backward()
-        return logits, loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            loss = fwd(idx, targets)
     finally:
-        fused_ce.ENABLED = True
+        hook.remove()
+    loss.backward()
+    return len(calls), loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 @cuda
@@ -124,10 +128,10 @@ def test_model_training_loss_and_grads_fused_equal_unfused_fp32(tie, small_heads
     idx = torch.randint(0, model.cfg.vocab_size, (3, 12), device="cuda")
     targets = idx.roll(-1, 1)
     targets[:, -1] = -1
-    logits, loss, grads = _model_loss_and_grads(model, idx, targets, fused=True)
-    assert logits is None  # the fused path keeps no logits
-    ref_logits, ref_loss, ref_grads = _model_loss_and_grads(model, idx, targets, fused=False)
-    assert ref_logits is not None
+    head_calls, loss, grads = _model_loss_and_grads(model, idx, targets, fused=True)
+    assert head_calls == 0  # the fused path keeps no logits
+    ref_calls, ref_loss, ref_grads = _model_loss_and_grads(model, idx, targets, fused=False)
+    assert ref_calls == 1
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -152,6 +156,7 @@ def test_model_training_bf16_fused_within_rounding_of_unfused(compiled, small_he
 def test_a_small_head_keeps_the_unfused_loss_on_cuda():
     model = make_model().cuda()  # 40 outputs < FUSED_CE_MIN_VOCAB
     idx = torch.randint(0, model.cfg.vocab_size, (2, 8), device="cuda")
+    assert select.training_kernels(model, torch.device("cuda")).head_loss is None
     logits, loss = model(idx, idx)
     assert logits is not None and loss.requires_grad
 
@@ -166,5 +171,5 @@ def test_training_steps_with_the_fused_loss_match_the_unfused_eager_ones(mode, s
     from test_gpu import _losses
 
     fused = _losses(mode)
-    model_module.FUSED_CE_MIN_VOCAB = 1 << 30  # (the fixture restores it) unfused, for the reference
+    select.FUSED_CE_MIN_VOCAB = 1 << 30  # (the fixture restores it) unfused, for the reference
     assert fused == pytest.approx(_losses("eager"), rel=2e-3, abs=2e-3)

@@ -11,9 +11,9 @@ import torch
 
 from conftest import make_model
 from tinylm import cli
-from tinylm.errors import UsageError
-from tinylm.generate import SamplingConfig, generate
-from tinylm.textgen import TextStream, cut_at_stop, generate_text, generate_texts
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import SamplingConfig, generate
+from tinylm.generate.text import TextStream, cut_at_stop, generate_text, generate_texts
 from tinylm.tokenizers import CharTokenizer
 from tinylm.tokenizers.bpe import train_bpe
 

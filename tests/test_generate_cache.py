@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_model
-from tinylm.generate import Decoder, Engine, SamplingConfig, beam_search, forward_at, generate
-from tinylm.kv_cache import KVCache
-from tinylm.model import POSITIONS
-from tinylm.positions import apply_rope, rope_tables
+from tinylm.generate.engine import Decoder, Engine, SamplingConfig, beam_search, generate
+from tinylm.kernels.compiled import attend_written_out, store_by_index
+from tinylm.model.kv_cache import KVCache
+from tinylm.model.gpt import POSITIONS
+from tinylm.model.positions import apply_rope, rope_tables
 
 V = 40  # tiny_config's vocabulary
 VARIANTS = [dict(positions=p) for p in POSITIONS] + [
@@ -115,12 +116,13 @@ def test_greedy_tokens_are_identical_with_and_without_the_cache(positions):
     assert torch.equal(with_cache, without)
 
 
-def test_forward_at_matches_gpt_forward_for_a_prefix_and_the_prefix_mode_cache_still_works():
+def test_static_mode_decoding_matches_gpt_forward_for_a_prefix_and_the_prefix_mode_cache_still_works():
     model = make_model(seed=8)
     idx = tokens(3, 9, seed=5)
     with torch.no_grad():
         full, _ = model(idx)
-        got = forward_at(model, idx, torch.arange(9), model.new_cache(3))
+        dec = Decoder(model, 3, model.cfg.padded_vocab)  # the decoder's static-mode forward, all logits
+        got = dec.logits_at(idx, torch.arange(9))
         torch.testing.assert_close(got, full[:, -1], rtol=0, atol=1e-5)
         cache = model.new_cache(3)  # GPT.forward's own path (prefix mode)
         model(idx[:, :4], cache=cache)
@@ -208,8 +210,9 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(decode, positions):
 
 @pytest.mark.parametrize("rolling", [False, True])
 def test_compiled_static_store_equals_the_eager_one(rolling):
-    # Under torch.compile the static cache stores through an index on the whole buffer (kv_cache.py
-    # says why); it must write the same slots and give the same attention as index_copy_ eagerly.
+    # Under --decode compile the static cache stores through an index on the whole buffer and, on the
+    # CPU, attends written out (kernels/compiled.py says why); compiled, they must write the same
+    # slots and give the same attention as the plain index_copy_ + SDPA eagerly.
 
     g = torch.Generator().manual_seed(0)
     L, B, nh, S, hs = 3, 2, 2, 8, 4
@@ -217,6 +220,7 @@ def test_compiled_static_store_equals_the_eager_one(rolling):
     start = torch.randn(L, B, nh, S, hs, generator=g)
     for c in caches:
         c.k.copy_(start), c.v.copy_(-start)
+    caches[1].store, caches[1].attend_slots = store_by_index, attend_written_out
     q, k, v = (torch.randn(B, nh, 2, hs, generator=g) for _ in range(3))
     pos = torch.tensor([9, 10]) if rolling else torch.tensor([5, 6])
     for c in caches:

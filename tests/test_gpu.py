@@ -4,8 +4,10 @@ the compiled step (and the graph recording the compiled step) must train like th
 import pytest
 import torch
 
-from tinylm.model import GPT, GPTConfig
-from tinylm.train import TrainConfig, make_optimizer, param_groups, train_step
+from tinylm.model.gpt import GPT, GPTConfig
+from tinylm.train.trainer import TrainConfig, make_optimizer, param_groups, train_step
+from tinylm.kernels.select import training_kernels
+from tinylm.train.step import plain_head_loss, training_forward
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -15,17 +17,20 @@ def _losses(mode: str, steps: int = 8) -> list[float]:
     model = GPT(GPTConfig(vocab_size=50, context_size=32, n_layer=2, n_head=2, n_embd=64)).cuda()
     cfg = TrainConfig(max_steps=steps, lr=3e-3, grad_accum=2)
     data = torch.randint(0, 50, (steps, 2, 8, 33), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    # the training forward as the Trainer builds it: the kernels select.py chooses for this model
+    kernels = training_kernels(model, torch.device("cuda"))
+    fwd = training_forward(model, kernels.block, kernels.head_loss or plain_head_loss)
+    if mode in ("graph+compiled", "compiled"):
+        fwd = torch.compile(fwd, dynamic=False)
     if mode in ("graph", "graph+compiled"):
-        from tinylm.graph_step import GraphedStep
+        from tinylm.train.graph_step import GraphedStep
 
-        fwd = torch.compile(model, dynamic=False) if mode == "graph+compiled" else None
         step = GraphedStep(model, param_groups(model, cfg), cfg, None, (8, 32), forward=fwd)
     else:
         opt = make_optimizer(model, cfg, torch.device("cuda"))
-        fwd = torch.compile(model, dynamic=False) if mode == "compiled" else model
 
         def step(mb, lr):
-            return train_step(fwd, opt, mb, cfg, torch.device("cuda"), None)
+            return train_step(model, opt, mb, cfg, torch.device("cuda"), None, forward=fwd)
     out = []
     for i in range(steps):
         mb = [(data[i, j, :, :-1], data[i, j, :, 1:]) for j in range(2)]

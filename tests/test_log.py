@@ -3,7 +3,7 @@
 import io
 import sys
 
-from tinylm import log as log_module
+from tinylm.util import log as log_module
 
 
 def test_the_log_follows_sys_stderr_when_it_is_swapped(monkeypatch):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_model, tiny_config
-from tinylm.errors import UsageError
-from tinylm.model import ACTIVATIONS, GPT, POSITIONS, GPTConfig
-from tinylm.train import TrainConfig, make_optimizer, train_step
+from tinylm.util.errors import UsageError
+from tinylm.model.gpt import ACTIVATIONS, GPT, POSITIONS, GPTConfig
+from tinylm.train.trainer import TrainConfig, make_optimizer, train_step
 
 VARIANTS = ([dict(positions=p) for p in POSITIONS]
             + [dict(activation=a) for a in ACTIVATIONS]
@@ -252,7 +252,7 @@ def test_softcap_bounds_the_logits():
 # ---------------------------------------------------------------- position encodings
 
 def test_rope_is_a_rotation_that_depends_only_on_relative_position():
-    from tinylm.positions import apply_rope, rope_tables
+    from tinylm.model.positions import apply_rope, rope_tables
 
     hs, n = 16, 64
     cos, sin = rope_tables(n, hs)
@@ -269,7 +269,7 @@ def test_rope_is_a_rotation_that_depends_only_on_relative_position():
 
 
 def test_sinusoidal_table_values():
-    from tinylm.positions import sinusoidal_table
+    from tinylm.model.positions import sinusoidal_table
 
     t = sinusoidal_table(50, 8)
     assert t.shape == (50, 8)

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from tinylm.model import GPT, GPTConfig
-from tinylm.optim import clipped_step
+from tinylm.model.gpt import GPT, GPTConfig
+from tinylm.train.optim import clipped_step
 
 
 def _model_with_grads(scale: float = 1.0) -> GPT:
@@ -58,9 +58,9 @@ def test_clipped_step_skips_non_finite(fused, bad):
             assert torch.equal(v, state_before["state"][pid][key]), (pid, key)
 
 
-# ---------------------------------------------------------------- tinylm.adamw.AdamW vs torch.optim.AdamW
+# ---------------------------------------------------------------- tinylm.train.adamw.AdamW vs torch.optim.AdamW
 
-from tinylm.adamw import AdamW  # noqa: E402
+from tinylm.train.adamw import AdamW  # noqa: E402
 
 
 def _groups(model):

@@ -7,10 +7,10 @@ import json
 import torch
 
 from conftest import run_cli
-from tinylm.chat import format_qa
-from tinylm.checkpoint import load_model
+from tinylm.generate.chat import format_qa
+from tinylm.model.files import load_model
 from tinylm.runner import TrainJob, run_training
-from tinylm.train import TrainConfig
+from tinylm.train.trainer import TrainConfig
 
 PAIRS = [{"id": 1, "category": "Identity", "question": "Who are you?", "answer": "I am tinylm."},
          {"id": 2, "category": "Identity", "question": "What is your name?", "answer": "My name is tinylm."}]

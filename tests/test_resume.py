@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from conftest import cli_command, cli_env, make_text, run_cli, tiny_config
-from tinylm import trainstate
-from tinylm.checkpoint import load_model
-from tinylm.data import split_tokens
-from tinylm.errors import UsageError
-from tinylm.model import GPT
+from tinylm.train import state as trainstate
+from tinylm.model.files import load_model
+from tinylm.data.batches import split_tokens
+from tinylm.util.errors import UsageError
+from tinylm.model.gpt import GPT
 from tinylm.runner import TrainJob, run_training
 from tinylm.tokenizers import CharTokenizer
-from tinylm.train import TrainConfig, Trainer, seed_everything
+from tinylm.train.trainer import TrainConfig, Trainer, seed_everything
 
 TEXT = make_text(6000, seed=11)
 
@@ -166,7 +166,7 @@ class SignalAt:
             for _ in range(self.signals):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.01)  # let Python run the handler between the two
-        return self.model(*a, **kw)
+        return self.model(*a, **kw)[1]  # a training forward returns the loss
 
     def __getattr__(self, name):  # parameters() etc. come from the model
         return getattr(self.model, name)

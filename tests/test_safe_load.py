@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import make_model
-from tinylm import trainstate
-from tinylm.checkpoint import load_model, save_model
-from tinylm.errors import UsageError
+from tinylm.train import state as trainstate
+from tinylm.model.files import load_model, save_model
+from tinylm.util.errors import UsageError
 from tinylm.tokenizers import CharTokenizer
 
 TOK = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz .,\n")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_model
-from tinylm.errors import UsageError
-from tinylm.generate import (Decoder, SamplingConfig, generate, repetition_filter, resolve_window, row_keys, sample_next,
+from tinylm.util.errors import UsageError
+from tinylm.generate.engine import (Decoder, SamplingConfig, generate, repetition_filter, resolve_window, row_keys, sample_next,
                              top_k_filter, top_p_filter, uniform_noise)
 
 INF = float("inf")

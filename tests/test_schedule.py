@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tinylm.schedule import PlateauState, cosine_lr, plateau_update
+from tinylm.train.schedule import PlateauState, cosine_lr, plateau_update
 
 MAX, MIN = 1e-3, 1e-4
 

@@ -16,18 +16,19 @@ import pytest
 import torch
 
 from conftest import make_model, make_text
+from tinylm.util.log import ByteBar
 from tinylm import cli
-from tinylm import data as tinylm_data
-from tinylm.data import eval_windows, read_text
-from tinylm import tokenfile as tf
-from tinylm.checkpoint import load_model, save_model
-from tinylm.errors import UsageError
-from tinylm.tokenfile import count_file_words, scan_text, token_file, train_bpe_file
+from tinylm.data import batches as tinylm_data
+from tinylm.data.batches import eval_windows, read_text
+from tinylm.data import tokenfile as tf
+from tinylm.model.files import load_model, save_model
+from tinylm.util.errors import UsageError
+from tinylm.data.tokenfile import count_file_words, scan_text, token_file, train_bpe_file
 from tinylm.tokenizers import CharTokenizer
 from tinylm.tokenizers.bpe import BPETokenizer, train_bpe
 from tinylm.tokenizers.bpe_train import count_words
 from tinylm.tokenizers.patterns import resolve_pattern
-from tinylm.train import evaluate
+from tinylm.train.trainer import evaluate
 
 CPU = torch.device("cpu")
 CUSTOM = r"\w+|\s+|[^\w\s]+"  # a regex of the user's own: no cut is known to be safe for it
@@ -86,7 +87,7 @@ def test_streamed_pieces_are_small_and_join_back(tmp_path, kind, pattern):
     """The counts above would also match if nothing were ever cut; show that blocks are cut."""
     text = TEXTS[kind]
     reader = tf._TextReader(write(tmp_path / "t.txt", text), block_bytes=64)
-    pieces = list(tf._safe_pieces(reader, tf._cut_rule(pattern), tf._Progress("", 1, False)))
+    pieces = list(tf._safe_pieces(reader, tf._cut_rule(pattern), ByteBar("", 1, False)))
     assert "".join(pieces) == text
     assert len(pieces) > len(text.encode()) // 200 and max(map(len, pieces)) < 400
 

@@ -15,16 +15,17 @@ import pytest
 import torch
 
 from conftest import make_text, tiny_config
-from tinylm import tokenfile as tf
-from tinylm import tokenstream as ts
-from tinylm.data import ChunkBatches, eval_windows, read_text, split_tokens
-from tinylm.errors import UsageError
-from tinylm.model import GPT
-from tinylm.tokenfile import id_dtype, scan_text, token_file
-from tinylm.tokenstream import TokenWindows, gather_batch, split_memmap
+from tinylm.util.log import ByteBar
+from tinylm.data import tokenfile as tf
+from tinylm.data import tokenstream as ts
+from tinylm.data.batches import ChunkBatches, eval_windows, read_text, split_tokens
+from tinylm.util.errors import UsageError
+from tinylm.model.gpt import GPT
+from tinylm.data.tokenfile import id_dtype, scan_text, token_file
+from tinylm.data.tokenstream import TokenWindows, gather_batch, split_memmap
 from tinylm.tokenizers import CharTokenizer, Tokenizer
 from tinylm.tokenizers.bpe import train_bpe
-from tinylm.train import Trainer, TrainConfig, seed_everything
+from tinylm.train.trainer import Trainer, TrainConfig, seed_everything
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TRAPS = ["\r\n", "  \n", "\n\n\n", "\t", "   ", " \n x", "don't ", "IT'S\n", "3.14159 ", "été ", "中文\n", "😀", "\u00a0",
@@ -57,7 +58,7 @@ def write(path, text: str):
 
 def stream_ids(path, tokenizer, block_bytes: int) -> list[int]:
     reader = tf._TextReader(path, block_bytes=block_bytes)
-    return [int(i) for ids in tf._encode_blocks(reader, tokenizer, tf._Progress("", 1, False)) for i in ids]
+    return [int(i) for ids in tf._encode_blocks(reader, tokenizer, ByteBar("", 1, False)) for i in ids]
 
 
 # ---------------------------------------------------------------- scan_text
@@ -370,7 +371,7 @@ class FakeTTY(io.StringIO):
 def test_progress_bar_only_on_a_terminal():
     tty, pipe = FakeTTY(), io.StringIO()
     for stream in (tty, pipe):
-        bar = tf._Progress("Tokenizing t.txt", 2_000_000, stream=stream)
+        bar = ByteBar("Tokenizing t.txt", 2_000_000, stream=stream)
         bar.update(1_000_000)
         bar.close()
     assert pipe.getvalue() == ""

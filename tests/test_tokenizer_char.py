@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinylm.errors import UsageError
+from tinylm.util.errors import UsageError
 from tinylm.tokenizers import DEFAULT_SPECIALS, CharTokenizer, from_dict
 
 # Valid text only: no lone surrogates (they cannot come from a UTF-8 file).

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tinylm.train as train_mod
+import tinylm.train.trainer as train_mod
 from conftest import make_model, tiny_config
-from tinylm.checkpoint import load_model
-from tinylm.data import split_tokens
-from tinylm.errors import UsageError
-from tinylm.model import GPT
-from tinylm.schedule import cosine_lr
+from tinylm.model.files import load_model
+from tinylm.data.batches import split_tokens
+from tinylm.util.errors import UsageError
+from tinylm.model.gpt import GPT
+from tinylm.train.schedule import cosine_lr
 from tinylm.tokenizers import CharTokenizer
-from tinylm.train import TrainConfig, Trainer, evaluate, make_optimizer, seed_everything, train_step
+from tinylm.train.trainer import TrainConfig, Trainer, evaluate, make_optimizer, seed_everything, train_step
 
 CPU = torch.device("cpu")
 
@@ -201,10 +201,10 @@ def test_trainer_follows_the_cosine_schedule(corpus_text, tmp_path, monkeypatch)
     seen = []
     real = train_mod.train_step
 
-    def spy(model, opt, micro, cfg, device, dtype, *rest):
+    def spy(model, opt, micro, cfg, device, dtype, *rest, **kw):
         seen.append(opt.param_groups[0]["lr"])
         assert all(g["lr"] == seen[-1] for g in opt.param_groups)
-        return real(model, opt, micro, cfg, device, dtype, *rest)
+        return real(model, opt, micro, cfg, device, dtype, *rest, **kw)
 
     monkeypatch.setattr(train_mod, "train_step", spy)
     trainer, _ = make_trainer(corpus_text, tmp_path, max_steps=20, warmup_steps=5, eval_interval=0)
@@ -244,7 +244,7 @@ def test_train_step_returns_mean_micro_batch_loss():
 # ---------------------------------------------------------------- weight averaging (--ema)
 
 def test_ema_update_follows_its_formula_and_applied_restores_the_weights():
-    from tinylm.ema import EMA
+    from tinylm.train.ema import EMA
 
     w = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
     ema = EMA([w], decay=0.9)

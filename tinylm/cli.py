@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
-from .log import log, setup_logging
+from .util.errors import UsageError
+from .util.log import log, setup_logging
 from .presets import PRESETS
 
 # flag dest -> GPTConfig field
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
-    from .device import resolve_device  # noqa: PLC0415
+    from .util.device import resolve_device  # noqa: PLC0415
     from .presets import build_configs  # noqa: PLC0415
     from .runner import TrainJob  # noqa: PLC0415
 
@@ -197,7 +197,7 @@ def cmd_train(args) -> int:
 
 
 def sampling_from_args(args):
-    from .generate import SamplingConfig  # noqa: PLC0415
+    from .generate.engine import SamplingConfig  # noqa: PLC0415
 
     if args.beams < 1:
         raise UsageError(f"--beams must be at least 1, got {args.beams}")
@@ -209,9 +209,9 @@ def _generation_setup(args):
     """Checks shared by generate and chat, then (sampling config, loaded model)."""
     import torch  # noqa: PLC0415
 
-    from .checkpoint import load_model  # noqa: PLC0415
-    from .cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
-    from .device import resolve_device  # noqa: PLC0415
+    from .model.files import load_model  # noqa: PLC0415
+    from .kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
+    from .util.device import resolve_device  # noqa: PLC0415
 
     cfg = sampling_from_args(args)
     if args.threads < 0:
@@ -231,7 +231,7 @@ def _generation_setup(args):
 
 
 def cmd_generate(args) -> int:
-    from .textgen import generate_text, generate_texts  # noqa: PLC0415
+    from .generate.text import generate_text, generate_texts  # noqa: PLC0415
 
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
@@ -251,7 +251,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .chat import chat  # noqa: PLC0415
+    from .generate.chat import chat  # noqa: PLC0415
 
     cfg, loaded = _generation_setup(args)
     chat(loaded.model, loaded.tokenizer, cfg, stop=args.stop, unknown=args.unknown, decode=args.decode,
@@ -260,10 +260,10 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_model  # noqa: PLC0415
-    from .device import resolve_device  # noqa: PLC0415
-    from .tokenfile import scan_text, token_file  # noqa: PLC0415
-    from .train import evaluate  # noqa: PLC0415
+    from .model.files import load_model  # noqa: PLC0415
+    from .util.device import resolve_device  # noqa: PLC0415
+    from .data.tokenfile import scan_text, token_file  # noqa: PLC0415
+    from .train.trainer import evaluate  # noqa: PLC0415
 
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -281,7 +281,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tokenizer(args) -> int:
-    from .tokenfile import train_bpe_file  # noqa: PLC0415
+    from .data.tokenfile import train_bpe_file  # noqa: PLC0415
 
     out = Path(args.output)
     if out.exists() and not args.force:
@@ -296,12 +296,12 @@ def cmd_tokenizer(args) -> int:
 
 def cmd_demo(args) -> int:
     """The README's first command: default corpus -> small model -> sample, on whatever device is here."""
-    from .checkpoint import load_model  # noqa: PLC0415
-    from .device import resolve_device  # noqa: PLC0415
-    from .generate import SamplingConfig  # noqa: PLC0415
+    from .model.files import load_model  # noqa: PLC0415
+    from .util.device import resolve_device  # noqa: PLC0415
+    from .generate.engine import SamplingConfig  # noqa: PLC0415
     from .presets import build_configs  # noqa: PLC0415
     from .runner import TrainJob, run_training  # noqa: PLC0415
-    from .textgen import generate_text  # noqa: PLC0415
+    from .generate.text import generate_text  # noqa: PLC0415
 
     device = resolve_device(args.device)
     name = "cpu" if device.type == "cpu" else "speedrun"

@@ -8,8 +8,8 @@ the user did not give as flags. Used by the entry points (cli.py, main.py), not 
 
 from __future__ import annotations
 
-from .model import GPTConfig
-from .train import TrainConfig
+from .model.gpt import GPTConfig
+from .train.trainer import TrainConfig
 
 # name -> {GPTConfig or TrainConfig field: value}
 PRESETS: dict[str, dict] = {

@@ -22,22 +22,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import load_model
-from .chat import format_qa, load_qa_json
-from .corpus import default_corpus
-from .data import ChunkBatches, split_tokens
-from .tokenfile import TextInfo, scan_text, token_file
-from .tokenstream import split_memmap
+from .model.files import load_model
+from .generate.chat import format_qa, load_qa_json
+from .data.corpus import default_corpus
+from .data.batches import ChunkBatches, split_tokens
+from .data.tokenfile import TextInfo, scan_text, token_file
+from .data.tokenstream import split_memmap
 from .tokenizers.base import BOS, EOS
-from .device import resolve_device
-from .distributed import Dist, setup, shutdown
-from .errors import UsageError
-from .log import banner, log, summary
-from .model import GPT, GPTConfig
+from .util.device import resolve_device
+from .train.distributed import Dist, setup, shutdown
+from .util.errors import UsageError
+from .util.log import banner, log, summary
+from .model.gpt import GPT, GPTConfig
 from .tokenizers import CharTokenizer, Tokenizer
 from .tokenizers import from_dict as tokenizer_from_dict
-from .train import Trainer, TrainConfig, TrainResult, seed_everything
-from .trainstate import (BEST, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
+from .train.trainer import Trainer, TrainConfig, TrainResult, seed_everything
+from .train.state import (BEST, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
                          restore_trainer, text_sha256, tokenizer_sha256)
 
 TOKENIZERS = ("char", "bpe", "gpt2")
@@ -121,7 +121,7 @@ def build_tokenizer(job: TrainJob, source: str | TextInfo) -> Tokenizer:
     if job.tokenizer == "char":
         return CharTokenizer(sorted(source.chars)) if isinstance(source, TextInfo) else CharTokenizer.train(source)
     if job.tokenizer == "bpe":
-        from .tokenfile import train_bpe_file  # noqa: PLC0415 - optional path
+        from .data.tokenfile import train_bpe_file  # noqa: PLC0415 - optional path
         from .tokenizers.bpe import train_bpe  # noqa: PLC0415
 
         # logged after, not before: a --vocab-size the text cannot fill must end in one error line

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..util.errors import UsageError
 from .base import BOS, DEFAULT_SPECIALS, EOS, PAD, UNK, Tokenizer
 from .char import CharTokenizer
 

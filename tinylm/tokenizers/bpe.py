@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Mapping
 
 import regex
 
-from ..errors import UsageError
+from ..util.errors import UsageError
 from .base import BOS, DEFAULT_SPECIALS, EOS, PAD, UNK, Tokenizer
 from .bpe_train import ProgressBar, count_words, learn_merges
 from .patterns import resolve_pattern

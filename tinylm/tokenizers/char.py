@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import UsageError
+from ..util.errors import UsageError
 from .base import DEFAULT_SPECIALS, UNK, Tokenizer
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import regex
 
-from ..errors import UsageError
+from ..util.errors import UsageError
 
 # GPT-2 (Radford et al. 2019, "Language Models are Unsupervised Multitask Learners", sec. 2.2):
 # English contractions, then an optional space glued to a run of letters / digits / other

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import regex
 
-from ..errors import UsageError
+from ..util.errors import UsageError
 
 GPT2_RANKS_ENV = "TINYLM_GPT2_RANKS"  # path of a local GPT-2 rank file (r50k_base.tiktoken)
 GPT2_RANKS_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"

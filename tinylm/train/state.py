@@ -7,7 +7,7 @@ Layout: beside the output model `models/book.model`, the folder `models/book.mod
                          step have one)
 A file is `torch.save` of a dict holding only tensors and plain values (str, int, float, bool,
 None, lists, tuples, dicts), so it is read with `torch.load(weights_only=True)`, which refuses
-anything else and never runs code from the file. Writes are atomic (checkpoint.atomic_write_bytes).
+anything else and never runs code from the file. Writes are atomic (util/files.py).
 
 What a checkpoint holds (`trainer_state`): model and optimizer state, the step / epoch / position
 in the epoch (the sampler is deterministic per (seed, epoch), so the position is enough), the
@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes
+from ..model.files import atomic_write_bytes
 from .ema import EMA
-from .errors import UsageError
-from .log import log
+from ..util.errors import UsageError
+from ..util.log import log
 from .schedule import PlateauState
 
 FORMAT = "tinylm-train-state-1"

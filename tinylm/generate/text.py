@@ -17,9 +17,9 @@ from typing import Callable, Sequence, TextIO
 
 import torch
 
-from .errors import UsageError
-from .generate import Engine, SamplingConfig, beam_search, resolve_window
-from .log import log
+from ..util.errors import UsageError
+from .engine import Engine, SamplingConfig, beam_search, resolve_window
+from ..util.log import log
 
 
 def encode_prompt(tokenizer, prompt: str, context_size: int | None = None, unknown: str = "error",

@@ -27,8 +27,8 @@ from typing import Iterator
 
 import torch
 
-from .device import resolve_device
-from .errors import UsageError
+from ..util.device import resolve_device
+from ..util.errors import UsageError
 
 
 def launched() -> bool:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import UsageError
+from ..util.errors import UsageError
 
 KINDS = ("fp32", "fp16", "int8")
 
@@ -120,3 +120,15 @@ def convert_linear_weights(model: nn.Module, kind: str) -> int:
     for parent, name, child in targets:
         setattr(parent, name, convert(child))
     return len(targets)
+
+
+def cpu_weight_layout(model) -> None:
+    """Store each Linear weight transposed in memory, (in, out) row-major, keeping its values,
+    shape and Parameter. F.linear then gives BLAS x @ W with W in its natural layout, and a
+    one-row product (decoding) reads it ~1.7x faster than (out, in) on the CPUs we measured
+    (bench/RESULTS.md; HF's GPT-2 stores Conv1D weights this way). The tied head keeps the
+    embedding's layout. Idempotent; training still works on the re-laid weights."""
+    with torch.inference_mode(False):  # subtle: weights made in inference mode could never be trained again
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.weight is not model.wte.weight and module.weight.is_contiguous():
+                module.weight.data = module.weight.data.t().contiguous().t()

@@ -1,7 +1,12 @@
-"""The GPT-2 architecture (Radford et al. 2019) and the variants tinylm offers.
+"""The GPT-2 architecture (Radford et al. 2019) and the variants tinylm offers: the plain
+reference path that training, evaluation and decoding all run.
 
-Owns: `GPTConfig`, the attention / MLP / block modules and `GPT` itself. It knows token ids and
-nothing about text (tokenizers), optimisers (train.py) or sampling (generate.py).
+Owns the attention / MLP / block modules and `GPT`. One forward serves every use:
+`GPT.trunk` (token embedding, positions, the blocks) and `GPT.head` (final norm, output
+projection, soft-cap), joined by `GPT.forward`, which adds the loss. A fast path may run a
+different *kernel* for one block or for the head (`block_kernel` / `kernel` arguments, chosen
+in kernels/select.py); it never gets a copy of the architecture. Knows token ids and nothing
+about text (tokenizers/), optimisers (train/) or sampling (generate/).
 
 Notation used in shape comments:
     B batch, T sequence length (this call), C embedding width (n_embd),
@@ -11,87 +16,30 @@ Notation used in shape comments:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UsageError
+from ..util.errors import UsageError
+from .config import ACTIVATIONS, POSITIONS, GPTConfig  # noqa: F401 - re-exported
 from .kv_cache import KVCache
-from .positions import apply_rope, rope_tables, sinusoidal_table
+from .positions import apply_rope, rope_angles, rope_inv_freq, sinusoidal_table
 
-POSITIONS = ("learned", "sinusoidal", "rope")
-ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "relu2")
-# Training on CUDA with a head of at least this many outputs takes fused_ce.py's loss (logits never
-# kept: GPT-2 124M 26.6 -> 25.4 ms a step on an H200). Below it the logits are small and importing
-# triton's op machinery (torch._dynamo with it, ~3 s) would cost a short char-level run more than it saves.
-FUSED_CE_MIN_VOCAB = 8192
+# (block, x (B, T, C), rope, cache, layer) -> (B, T, C): how one block is run; the plain path calls the block
+BlockKernel = Callable[..., torch.Tensor]
 
 
-@dataclass
-class GPTConfig:
-    vocab_size: int = 65  # the tokenizer's vocabulary; the embedding is padded past it (below)
-    context_size: int = 256  # longest sequence the model attends over (GPT-2: 1024)
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    d_ff: int = 0  # MLP hidden width; 0 = 4 * n_embd as in GPT-2
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2 has them
-    positions: str = "learned"  # learned | sinusoidal | rope
-    activation: str = "gelu"  # gelu | relu | silu | swiglu | relu2 (ReLU squared, So et al. 2021)
-    tie_weights: bool = True  # output head shares the token embedding matrix (Press & Wolf 2017)
-    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
-    logit_softcap: float = 0.0  # 0 = off; else logits = cap * tanh(logits / cap) (Gemma 2)
-    rope_base: float = 10000.0
-    # Padding the embedding to a multiple of 64 lets the output matmul use full tensor-core tiles;
-    # the extra ids are never targets, so the model learns to give them ~zero probability.
-    vocab_multiple: int = 64
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits (B, T, V), targets (B, T), -1 = not a target.
+    In fp32 whatever the autocast: bf16's 8-bit mantissa would round the log-sum-exp."""
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
-    def __post_init__(self):
-        checks = [
-            (self.vocab_size >= 1, f"--vocab-size must be at least 1, got {self.vocab_size}"),
-            (self.context_size >= 1, f"--context must be at least 1, got {self.context_size}"),
-            (self.n_layer >= 1, f"--layers must be at least 1, got {self.n_layer}"),
-            (self.n_head >= 1, f"--heads must be at least 1, got {self.n_head}"),
-            (self.n_embd >= 1, f"--embd must be at least 1, got {self.n_embd}"),
-            (self.d_ff >= 0, f"--ff must be 0 (= 4 x embd) or positive, got {self.d_ff}"),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.positions in POSITIONS, f"--positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"),
-            (self.activation in ACTIVATIONS, f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"),
-            (self.logit_softcap >= 0, f"--softcap must be 0 (off) or positive, got {self.logit_softcap}"),
-            (self.vocab_multiple >= 1, "vocab_multiple must be at least 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-        if self.n_embd % self.n_head:
-            raise UsageError(f"--heads ({self.n_head}) must divide --embd ({self.n_embd}); "
-                             f"try --heads {math.gcd(self.n_embd, self.n_head)} or a width that is a multiple of {self.n_head}")
-        if self.positions == "rope" and self.head_size % 2:
-            raise UsageError(f"RoPE needs an even head size, got {self.head_size}; change --embd or --heads")
 
-    @property
-    def head_size(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def ff_size(self) -> int:
-        return self.d_ff or 4 * self.n_embd
-
-    @property
-    def padded_vocab(self) -> int:
-        m = self.vocab_multiple
-        return (self.vocab_size + m - 1) // m * m
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+def run_block(block: nn.Module, x: torch.Tensor, rope, cache, layer: int) -> torch.Tensor:
+    """The plain BlockKernel: the block's own forward."""
+    return block(x, rope, cache, layer)
 
 
 class CausalSelfAttention(nn.Module):
@@ -120,12 +68,12 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        mask, causal = None, True
         if cache is not None:  # decoding: the cache stores the new keys/values and attends over all it holds
             y = cache.attend(layer, q, k, v)  # (B, nh, T, hs)
             return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))  # (B, T, C)
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal and T > 1)  # (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs) + causal mask) v, fused (flash attention where the GPU has it)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -177,13 +125,15 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.padded_vocab, cfg.n_embd)  # token id -> vector
         if cfg.positions == "learned":
-            self.wpe = nn.Embedding(cfg.context_size, cfg.n_embd)
+            self.wpe = nn.Embedding(cfg.context_size, cfg.n_embd)  # position -> vector, added
         elif cfg.positions == "sinusoidal":
             self.register_buffer("sin_table", sinusoidal_table(cfg.context_size, cfg.n_embd), persistent=False)
-        else:
-            cos, sin = rope_tables(cfg.context_size, cfg.head_size, cfg.rope_base)
+        else:  # rope: nothing is added; queries and keys are rotated in attention
+            inv_freq = rope_inv_freq(cfg.head_size, cfg.rope_base)  # (hs/2,)
+            cos, sin = rope_angles(torch.arange(cfg.context_size), inv_freq)
+            self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
             self.register_buffer("rope_cos", cos, persistent=False)  # (T_max, hs/2)
             self.register_buffer("rope_sin", sin, persistent=False)  # (T_max, hs/2)
         self.drop = nn.Dropout(cfg.dropout)
@@ -193,13 +143,6 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        self._compiled_blocks: list | None = None
-
-    def compile_blocks(self) -> None:
-        """torch.compile each block for training ("regional" compilation: the blocks share one
-        compiled graph, so compile time does not grow with depth). Only gradient-enabled calls
-        use it; evaluation and cached decoding stay eager, so they trigger no recompiles."""
-        self._compiled_blocks = [torch.compile(b, dynamic=False) for b in self.blocks]
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 init: N(0, 0.02); projections into the residual stream scaled by 1/sqrt(2 * n_layer)
@@ -221,54 +164,55 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> (logits, loss).
 
         targets (B, T): next-token ids; positions with -1 are ignored. loss is None without them.
-        cache: a KVCache; the T tokens are taken to follow the cache's `pos` earlier ones, and the
-            cache advances by T. last_only: return logits for the last position only, (B, 1, V).
-        logits are (B, T, V) over the *padded* vocabulary; callers slice [..., :vocab_size]. They
-            are None when a training loss is computed on CUDA (fused_ce.applies): that path never
-            keeps them.
+        cache: a KVCache in prefix mode; the T tokens follow its `pos` earlier ones, and it
+            advances by T. last_only: logits of the last position only, (B, 1, V).
+        logits are (B, T, V) over the *padded* vocabulary; callers slice [..., :vocab_size].
         """
-        B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.cfg.context_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context size {self.cfg.context_size}")
-        x = self.wte(idx)  # (B, T, C)
-        rope = None
-        if self.cfg.positions == "learned":
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (B, T, C)
-        elif self.cfg.positions == "sinusoidal":
-            x = x + self.sin_table[start:start + T]  # (B, T, C)
-        else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
-        x = self.drop(x)
-        if self._compiled_blocks is not None and cache is None and torch.is_grad_enabled():
-            for block in self._compiled_blocks:
-                # subtle: no layer index here; an int argument would be a compile-time constant and
-                # recompile the block once per layer (past the recompile limit: silently eager)
-                x = block(x, rope)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = block(x, rope, cache, i)
-        if cache is not None:
-            cache.advance(T)
-        x = self.ln_f(x)  # (B, T, C)
-        if targets is not None and x.is_cuda and self.cfg.padded_vocab >= FUSED_CE_MIN_VOCAB:
-            from . import fused_ce  # here, not at the top: CPU runs and small heads need not import triton
-
-            if fused_ce.applies(x, self.cfg.logit_softcap, self.lm_head.bias):
-                # training on CUDA: the head's product and the loss in one op that never keeps the
-                # logits (fused_ce.py); no caller of a training step reads them
-                loss = fused_ce.linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
-                return None, loss
+        x = self.trunk(idx, cache)  # (B, T, C)
         if last_only and targets is None:
             x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, V)
-        if self.cfg.logit_softcap > 0:
+        logits = self.head(x)  # (B, T, V)
+        return logits, (lm_loss(logits, targets) if targets is not None else None)
+
+    def trunk(self, idx: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
+              rope: tuple[torch.Tensor, torch.Tensor] | None = None, block_kernel: BlockKernel = run_block) -> torch.Tensor:
+        """Embeddings, positions and every block: idx (B, T) -> the residual stream (B, T, C),
+        before the final norm.
+
+        pos (T,): the tokens' positions as a device tensor (static-mode decoding, which sets them
+            on the cache too); default: right after the cache's `pos` earlier tokens, or 0..T-1.
+        rope: (cos, sin), each (T, hs/2), instead of the model's tables (a rolling window's
+            positions go past them; see generate/engine.py).
+        block_kernel: how each block is run (a fast path's kernel; see kernels/select.py)."""
+        B, T = idx.shape
+        prefix = pos is None
+        if prefix:
+            start = cache.pos if cache is not None else 0
+            if start + T > self.cfg.context_size:
+                raise ValueError(f"sequence of {start + T} tokens exceeds the context size {self.cfg.context_size}")
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.wte(idx)  # (B, T, C)
+        if self.cfg.positions == "learned":
+            x = x + self.wpe(pos)  # (B, T, C)
+        elif self.cfg.positions == "sinusoidal":
+            x = x + self.sin_table[pos]  # (B, T, C)
+        elif rope is None:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2) each
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block_kernel(block, x, rope, cache, i)  # (B, T, C)
+        if prefix and cache is not None:
+            cache.advance(T)
+        return x
+
+    def head(self, x: torch.Tensor, kernel: Callable | None = None) -> torch.Tensor:
+        """Final LayerNorm, output projection and soft-cap: x (..., C) -> logits (..., V).
+        kernel(ln_f, lm_head, x) may compute lm_head(ln_f(x)) in one fused op (decoding)."""
+        logits = kernel(self.ln_f, self.lm_head, x) if kernel is not None else self.lm_head(self.ln_f(x))  # (..., V)
+        if self.cfg.logit_softcap > 0:  # Gemma 2: squash logits smoothly into (-cap, cap)
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return logits
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                   rolling: bool = False) -> KVCache:

@@ -21,34 +21,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
-from .model import GPT, GPTConfig
-from .tokenizers import Tokenizer, from_dict
+from ..util.errors import UsageError
+from ..util.files import atomic_write_bytes  # noqa: F401 - re-exported
+from .gpt import GPT, GPTConfig
+from ..tokenizers import Tokenizer, from_dict
 
 FORMAT = "tinylm-model-1"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def model_file_bytes(state: dict[str, torch.Tensor], cfg: GPTConfig, tokenizer: Tokenizer, meta: dict | None = None) -> bytes:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import adamw as fused_adamw
-from .model import GPT
+from ..model.gpt import GPT
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 class Optimizers:

@@ -17,9 +17,9 @@ the gradient too, while the row is at hand: each program takes one row, finds it
 first sweep and writes softmax - onehot in a second; nothing is filled or scattered, and the
 backward is just the two matrix products of the head. On an H200 the kernel takes 0.94 ms for what
 the unfused loss did in 1.85 (2.6 TB/s counting one read of the logits and one write). The price: the gradient is computed even if backward never runs, so this path
-is for training steps only (model.py takes it when grad is enabled, the tensors are on CUDA and
-the loss has no soft-capping, and the vocabulary is at least model.FUSED_CE_MIN_VOCAB); evaluation
-keeps F.cross_entropy.
+is for training steps only (kernels/select.py picks it for training on CUDA when the head has no
+soft-cap or bias and the vocabulary is at least select.FUSED_CE_MIN_VOCAB); evaluation keeps the
+plain head and F.cross_entropy.
 
 Scaling: the kernel writes softmax - onehot unscaled (exactly what bf16 holds best); the mean's
 1/n and the upstream gradient (1/accumulation steps) are applied in fp32 to the two products'
@@ -29,24 +29,17 @@ Numerics: the log-sum-exp and the probabilities are computed in fp32 from the st
 autocast) logits, as F.cross_entropy(logits.float()) does; the gradient is rounded to the logits'
 dtype once.
 
-Triton is optional: without it AVAILABLE is False and model.py never calls this module. The kernel
+Triton is optional: without it AVAILABLE is False and select.py never picks this module. The kernel
 is registered as torch.ops.tinylm.ce_loss_grad (torch.library.triton_op), so torch.compile and the
-CUDA graph of the training step see it as one op. Set ENABLED = False to train on the unfused loss.
+CUDA graph of the training step see it as one op. `tinylm train` has no flag for it; bench code
+passes fused_loss=False to select.training_kernels to measure the unfused loss.
 """
 
 from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-    from torch.library import triton_op, wrap_triton  # torch >= 2.6
-except ImportError:  # no triton (CPU-only torch), or a torch too old for triton_op
-    triton = None
-
-AVAILABLE = triton is not None
-ENABLED = True  # model.py's switch: False = always the unfused F.cross_entropy
+from .triton_guard import AVAILABLE, tl, triton, triton_op, wrap_triton
 IGNORE_INDEX = -1
 BLOCK = 4096  # logits per load of a row sweep (8 KB of bf16), fewer for a narrow vocabulary
 NUM_WARPS = 8
@@ -103,7 +96,7 @@ def ce_loss_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     row r's loss is logsumexp(logits[r]) - logits[r, targets[r]] and its gradient softmax(logits[r])
     - onehot(targets[r]); both are 0 where targets[r] == -1."""
     if not AVAILABLE:
-        raise RuntimeError("tinylm.fused_ce needs triton (and torch >= 2.6); use F.cross_entropy")
+        raise RuntimeError("tinylm.kernels.head_loss needs triton (and torch >= 2.6); use F.cross_entropy")
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"logits (N, V) and targets (N,) must agree on N, got {tuple(logits.shape)} and {tuple(targets.shape)}")
     if logits.stride(1) != 1:
@@ -143,7 +136,10 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return _LinearCrossEntropy.apply(x, weight, targets)
 
 
-def applies(x: torch.Tensor, softcap: float, head_bias) -> bool:
-    """Whether model.py's training loss takes this path for hidden states x."""
-    return (ENABLED and AVAILABLE and x.is_cuda and torch.is_grad_enabled() and softcap == 0
-            and head_bias is None)
+def fused_head_loss(model, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The model's head and loss in one op: equals train/step.py's plain_head_loss, the mean
+    cross-entropy of model.head(h) (no soft-cap, no head bias: kernels/select.py checks), for h
+    (B, T, C) the residual stream after the last block, targets (B, T)."""
+    B, T, C = h.shape
+    x = model.ln_f(h)  # (B, T, C)
+    return linear_cross_entropy(x.reshape(B * T, C), model.lm_head.weight, targets.reshape(-1))

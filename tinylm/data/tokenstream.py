@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-from .data import TokenSplit, split_tokens
+from .batches import TokenSplit, split_tokens
 
 DEVICE_SHARE = 0.25  # a stream goes to the GPU only if it takes at most this share of free memory:
 # the rest is for optimizer state and activations, which are allocated later, on the first step

@@ -1,5 +1,6 @@
-"""Logging in TinyLM's format (`YYYY-MM-DD HH:MM:SS INFO | message`) and a training progress
-display: a one-line bar redrawn in place on a terminal, plain log lines otherwise."""
+"""Logging in TinyLM's format (`YYYY-MM-DD HH:MM:SS INFO | message`) and the progress displays,
+both drawn with one `bar`: training's (`Progress`: a one-line bar redrawn in place on a
+terminal, plain log lines otherwise) and long reads' (`ByteBar`: bytes done, MB/s)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def bar(fraction: float, width: int) -> str:
+    """'[####....]': fraction (clipped to [0, 1]) of width cells filled."""
+    filled = int(width * min(max(fraction, 0.0), 1.0))
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
+
+
 class Progress:
     """Training progress: `update` every step is cheap; it redraws a bar on a terminal at most
     ~10 times a second, or logs a line every `interval` steps when stderr is not a terminal."""
@@ -82,9 +89,7 @@ class Progress:
         eta_s = fmt_duration(eta) if eta == eta else "?"
         text = f"step {step} | loss {loss:.4f} | lr {lr:.2e} | {tok_per_s / 1e3:.1f}k tok/s | {progress * 100:.0f}% | ETA {eta_s}"
         if self.tty:
-            width = 24
-            filled = int(width * min(progress, 1.0))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K")
+            self.stream.write(f"\r{bar(progress, 24)} {text}\033[K")
             self.stream.flush()
             self.last_draw = time.time()
         elif step % self.interval == 0:
@@ -94,3 +99,32 @@ class Progress:
         if self.tty and self.last_draw:
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+class ByteBar:
+    """A one-line bar on stderr (bytes done / total, MB/s), drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label, self.total = label, max(total, 1)
+        self.t0 = self.last = time.perf_counter()
+        self.done_bytes = 0
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        self.done_bytes = done
+        if not self.enabled or (now - self.last < 0.1 and not force):
+            return  # redraw at most 10x a second
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9) / 1e6
+        self.stream.write(f"\r{self.label} {bar(done / self.total, 30)} "
+                          f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the last state and end the line (once), also when tokenizing failed."""
+        if self.enabled:
+            self.update(self.done_bytes, force=True)
+            self.stream.write("\n")
+            self.enabled = False

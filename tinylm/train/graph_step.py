@@ -5,7 +5,8 @@ and Python cannot launch them as fast as the GPU runs them, so the GPU idles. A 
 launches the whole step at once. Unlike torch.compile it needs no compiler import and no compile
 time, which matters when the goal is the shortest time from launch to a good model.
 
-With a torch.compile'd forward (`forward`), the compiled kernels are what the graph records:
+The recorded sequence is step.py's `step_body`, the same code the eager step runs. With a
+torch.compile'd training forward (`forward`), the compiled kernels are what the graph records:
 fewer, fused kernels and no launch gaps, which is the fastest step for large models.
 
 Limits: CUDA only; every step has the same shapes (true for tinylm's batches); AdamW only (its
@@ -15,12 +16,10 @@ This module knows nothing about schedules, data or saving.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .adamw import AdamW
-from .optim import clipped_step
+from .step import step_body
 
 WARMUP_STEPS = 3  # uncaptured steps first: autograd, cuBLAS and cuDNN allocate workspaces, torch.compile compiles
 
@@ -34,7 +33,8 @@ class GraphedStep:
                  forward=None, after_step=None, dist=None):
         dev = next(model.parameters()).device
         self.model, self.cfg, self.dtype = model, cfg, dtype
-        self.forward = model if forward is None else forward  # model(x, y) -> (logits, loss); e.g. torch.compile(model)
+        # (x, y) -> loss, e.g. step.training_forward(model), compiled or not; default: the plain model's loss
+        self.forward = forward if forward is not None else (lambda x, y: model(x, y)[1])
         self.after_step = after_step  # device work after each update, recorded too (the weight average)
         self.dist = dist  # data parallelism: the gradients' all-reduce is recorded in the graph too (NCCL)
         self.lr = torch.tensor(cfg.lr, device=dev, dtype=torch.float32)
@@ -47,20 +47,10 @@ class GraphedStep:
         self.calls = 0
 
     def _body(self) -> torch.Tensor:
-        k = self.x.size(0)
-        total = torch.zeros((), device=self.x.device)
-        for j in range(k):
-            with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None):
-                _, loss = self.forward(self.x[j], self.y[j])
-            (loss / k).backward()
-            total = total + loss.detach()
-        if self.dist is not None:
-            self.dist.average_gradients_(self.model.parameters(), total)
+        micro_batches = [(self.x[j], self.y[j]) for j in range(self.x.size(0))]
         # a non-finite loss or gradient skips the update inside the graph (fused AdamW's found_inf)
-        ok = clipped_step(self.opt, self.model.parameters(), self.cfg.grad_clip, total)
-        if self.after_step is not None:
-            self.after_step()
-        return torch.where(ok, total / k, math.nan)
+        return step_body(self.forward, self.model.parameters, self.opt, micro_batches, self.cfg.grad_clip,
+                         self.x.device, self.dtype, self.dist, self.after_step)
 
     def __call__(self, micro_batches, lr: float) -> torch.Tensor:
         for j, (x, y) in enumerate(micro_batches):

@@ -35,8 +35,6 @@ import hashlib
 import json
 import os
 import re
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
@@ -44,8 +42,9 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
 import numpy as np
 
 from .corpus import cache_dir
-from .errors import UsageError
-from .tokenizers import DEFAULT_SPECIALS, UNK, CharTokenizer, Tokenizer
+from ..util.errors import UsageError
+from ..util.log import ByteBar
+from ..tokenizers import DEFAULT_SPECIALS, UNK, CharTokenizer, Tokenizer
 
 FORMAT_VERSION = 1  # bump when the .bin layout or the key changes: old files are then ignored
 BLOCK_BYTES = 4 << 20  # read size: large enough to amortise encode() calls, small next to RAM
@@ -218,7 +217,7 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
     matching sidecar (a crash, a kill) is never trusted. Returns the number of ids."""
     tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
     reader = _TextReader(path, block_bytes=BLOCK_BYTES)  # looked up now, so tests can shrink it
-    bar = _Progress(f"Tokenizing {path.name}", info.nbytes, progress)
+    bar = ByteBar(f"Tokenizing {path.name}", info.nbytes, progress)
     count = 0
     try:
         bin_path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +247,7 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
     return count
 
 
-def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: "_Progress",
+def _encode_blocks(reader: _TextReader, tokenizer: Tokenizer, bar: ByteBar,
                    replace_unknown: bool = False) -> Iterator[list[int] | np.ndarray]:
     """Ids of the whole text, in pieces: the ids of each `_safe_pieces` piece."""
     encode = _fast_encoder(tokenizer, replace_unknown)
@@ -273,7 +272,7 @@ def _cut_rule(pattern_name: str | None) -> CutRule:
     return _last_safe_cut if pattern_name in SAFE_PATTERNS else _no_cut
 
 
-def _safe_pieces(reader: _TextReader, last_cut: CutRule, bar: "_Progress") -> Iterator[str]:
+def _safe_pieces(reader: _TextReader, last_cut: CutRule, bar: ByteBar) -> Iterator[str]:
     """The whole text in pieces that join back to it. Each block's text is cut at its last safe
     point (see `_last_safe_cut`); what follows waits for the next block, so no chunk of the BPE
     pre-split ever straddles a cut. Pieces are about a block long; with no safe cut at all
@@ -364,14 +363,14 @@ def count_file_words(path: str | os.PathLike, pattern: str = "gpt2", progress: b
     key, count for count and in the same order: the pieces between safe cuts are pre-split one
     by one. Memory: a block, plus the table of distinct chunks. `info` (from `scan_text`) gives
     the size for the progress bar, and the file must still have the hash it recorded."""
-    from .tokenizers.bpe_train import count_words  # noqa: PLC0415 - keeps the char path free of regex
-    from .tokenizers.patterns import resolve_pattern  # noqa: PLC0415
+    from ..tokenizers.bpe_train import count_words  # noqa: PLC0415 - keeps the char path free of regex
+    from ..tokenizers.patterns import resolve_pattern  # noqa: PLC0415
 
     name, regex_str = resolve_pattern(pattern)
     path = Path(path)
     reader = _TextReader(path, block_bytes=BLOCK_BYTES)
     total = info.nbytes if info is not None else _size_or_zero(path)
-    bar = _Progress(f"Counting BPE chunks in {path.name}", total, progress)
+    bar = ByteBar(f"Counting BPE chunks in {path.name}", total, progress)
     try:
         words = count_words(_safe_pieces(reader, _cut_rule(name), bar), regex_str)
     finally:
@@ -386,7 +385,7 @@ def train_bpe_file(path: str | os.PathLike, vocab_size: int, pattern: str = "gpt
                    info: TextInfo | None = None) -> Tokenizer:
     """`bpe.train_bpe(read_text(path), ...)` without holding the text: the same merges, bit for
     bit, from `count_file_words`. progress=False silences both bars (counting, then merges)."""
-    from .tokenizers.bpe import check_train_args, train_bpe_from_counts  # noqa: PLC0415
+    from ..tokenizers.bpe import check_train_args, train_bpe_from_counts  # noqa: PLC0415
 
     specials, _, _ = check_train_args(vocab_size, pattern, specials)  # a bad --vocab-size fails before the long pass
     words = count_file_words(path, pattern, progress is not False, info)
@@ -398,34 +397,3 @@ def _size_or_zero(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0  # the reader raises the right error when it opens the file
-
-
-class _Progress:
-    """A one-line bar on stderr (bytes done / total, MB/s), drawn only when stderr is a terminal."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True, stream=None):
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.label, self.total = label, max(total, 1)
-        self.t0 = self.last = time.perf_counter()
-        self.done_bytes = 0
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        self.done_bytes = done
-        if not self.enabled or (now - self.last < 0.1 and not force):
-            return  # redraw at most 10x a second
-        self.last = now
-        width = 30
-        filled = width * min(done, self.total) // self.total
-        rate = done / max(now - self.t0, 1e-9) / 1e6
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Draw the last state and end the line (once), also when tokenizing failed."""
-        if self.enabled:
-            self.update(self.done_bytes, force=True)
-            self.stream.write("\n")
-            self.enabled = False

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .errors import UsageError
+from ..util.errors import UsageError
 
 
 def read_text(path: str | os.PathLike, flag: str = "-d/--dataset") -> str:

@@ -20,7 +20,7 @@ Per layer in a replayed CUDA graph on an H200, bf16, batch 1, hs 64 (index_copy_
     12 heads, S=1024: 3.9 us at pos 100, 9.5 at pos 600, 13.5 at pos 1023
 Each further block of slots is a dependent round of loads on one SM, so long caches lose to
 SDPA, which spreads them over many; splitting the slots over programs (flash-decoding) would fix
-that. kv_cache.py uses the kernel only for caches of up to FUSED_MAX_LEN slots.
+that. kernels/select.py picks the kernel only for caches of up to FUSED_MAX_LEN slots.
 
 Triton is optional: without it (CPU-only installs) this module imports and AVAILABLE is False.
 The op is registered as torch.ops.tinylm.decode_attention through torch.library.triton_op, so
@@ -28,21 +28,15 @@ torch.compile sees the kernel (and that it writes the caches) instead of breakin
 subtle: the op takes the whole buffers and a layer index, not the views k[layer]. Given views,
 inductor (torch 2.11) ran the kernel on copies of the buffer, one per layer, and the compiled
 step lost cache writes (wrong tokens) and spent 24 more kernels per step on the copies.
-This module knows nothing of windows or sampling; kv_cache.py decides when to call it.
+This module knows nothing of windows or sampling; it plugs into model/kv_cache.py's `one_token`.
+Its plain twin: KVCache's store_by_slot + attend_filled (tests/test_decode_kernel.py holds them equal).
 """
 
 import math
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-    from torch.library import triton_op, wrap_triton  # torch >= 2.6
-except ImportError:  # no triton (CPU-only torch), or a torch too old for triton_op
-    triton = None
-
-AVAILABLE = triton is not None
+from .triton_guard import AVAILABLE, tl, triton, triton_op, wrap_triton
 
 if AVAILABLE:
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .errors import UsageError
-from .tokenizers.base import BOS, EOS
+from ..util.errors import UsageError
+from ..tokenizers.base import BOS, EOS
 
 EXIT_WORDS = ("exit", "quit")
 
@@ -72,8 +72,8 @@ def chat(model, tokenizer, cfg, stdin: TextIO = sys.stdin, stdout: TextIO = sys.
     """The interactive loop: read a question per line, stream the model's answer until its EOS.
     Ctrl-C stops the answer being written (not the program); EOF (Ctrl-D) or `exit` ends the
     loop. Returns the number of questions answered."""
-    from .generate import Engine  # noqa: PLC0415 - keeps `import tinylm.chat` light for the runner
-    from .textgen import generate_text  # noqa: PLC0415
+    from .engine import Engine  # noqa: PLC0415 - keeps `import tinylm.chat` light for the runner
+    from .text import generate_text  # noqa: PLC0415
 
     engine = Engine(model, 1, tokenizer.vocab_size, cfg, tokenizer.eos_id, decode=decode, window=window)  # recorded once
     tty = stdin.isatty()

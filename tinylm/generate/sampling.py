@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UsageError
+from ..util.errors import UsageError
 
 
 @dataclass

@@ -1,0 +1,13 @@
+"""Generation: pure sampling functions on logits (sampling.py), the decoding engine and beam
+search over token ids (engine.py), text in and out with stop strings and streaming (text.py),
+and the Q&A chat loop (chat.py).
+
+The engine knows nothing about tokenization, only token ids. Imports model/, kernels/ (through
+kernels/select.py), tokenizers/ and util/; never data/, train/ or the CLI.
+"""
+
+from .engine import Decoder, Engine, beam_search, generate
+from .sampling import SamplingConfig
+from .text import generate_text, generate_texts
+
+__all__ = ["Decoder", "Engine", "SamplingConfig", "beam_search", "generate", "generate_text", "generate_texts"]
