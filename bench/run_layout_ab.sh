@@ -16,6 +16,6 @@ ttl() { (cd "$2" && PYTHONPATH=. python3 bench/bench_train.py ttl --data "$DATA"
 step() { (cd "$2" && PYTHONPATH=. python3 bench/bench_train.py throughput --variants tinylm:graphfull 2>&1 | grep -i "graphfull" | sed "s/^/step $1: /"); }
 dec() { (cd "$2" && PYTHONPATH=. python3 bench/bench_generate.py --device cuda --shapes char,gpt2 --batches 1 --decodes graph \
           --no-hf --json "$OUT/gen_$1.json" > "$OUT/gen_$1.md" 2>&1; grep -E "graph" "$OUT/gen_$1.md" | sed "s/^/decode $1: /"); }
-for m in ttl step dec; do
+for m in ${@:-ttl step dec}; do
   $m old1 "$ROOT/.carry/old"; $m new1 "$ROOT"; $m old2 "$ROOT/.carry/old"; $m new2 "$ROOT"
 done
