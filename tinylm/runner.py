@@ -3,10 +3,10 @@
 Shared by `tinylm train` and the classic `main.py -t`: read and check the dataset, pick what to
 start from (a new model, a model file's weights, or a checkpoint to resume exactly), check that a
 checkpoint fits the run, log the dataset / model / trainer summaries, train, and say where the
-model went. Under torchrun it joins the process group first (distributed.py): every process runs
+model went. Under torchrun it joins the process group first (train/distributed.py): every process runs
 the same checks and builds the same model, process 0 alone fetches and caches files before the
 others read them, and only process 0 logs. Flag parsing stays in the entry points; the training
-loop stays in train.py and the checkpoint format in trainstate.py.
+loop stays in train/trainer.py and the checkpoint format in train/state.py.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
     T = model.cfg.context_size
     if job.qa:
         split = split_tokens(tokenizer.encode(text, allow_special=True), job.train.val_fraction, T, source=f"Q&A file {dataset}")
-    else:  # tokenized once into a memory-mapped file, cached by content and tokenizer (tokenfile.py)
+    else:  # tokenized once into a memory-mapped file, cached by content and tokenizer (data/tokenfile.py)
         with _main_first(dist):  # one process writes the cached token file, the others then read it
             ids = token_file(dataset, tokenizer, info)
         split = split_memmap(ids, job.train.val_fraction, T, source=f"dataset {dataset}")

@@ -73,7 +73,7 @@ class ChunkBatches:
     is dropped) so every step has the same shape; a stream too short for one full batch gives
     one smaller batch per epoch. Deterministic given (seed, epoch).
 
-    Data parallelism (distributed.py): with `world` processes, every process shuffles the same
+    Data parallelism (train/distributed.py): with `world` processes, every process shuffles the same
     way and process `rank` takes batches rank, rank + world, rank + 2 world, ... of the epoch, so
     the processes' batches of one step together are the batch of a single process with a `world`
     times larger batch size. e.g. world 2: process 0 gets batches 0, 2, 4, process 1 gets 1, 3, 5."""

@@ -1,6 +1,6 @@
 """Token files: a text corpus tokenized once into a memory-mapped file of ids, and batches from it.
 
-Over `data.py`, which reads the whole text and holds its ids as one int64 tensor, this adds a
+Over `data/batches.py`, which reads the whole text and holds its ids as one int64 tensor, this adds a
 path for corpora larger than memory:
 1. `scan_text` streams the file once in blocks: its sha256, its size, its set of characters
    (enough to build a char vocabulary) and the same checks, worded the same, as `read_text`.
@@ -10,7 +10,7 @@ path for corpora larger than memory:
    it already has instead of tokenizing again. It returns a read-only `np.memmap`: pages are
    read from disk as batches touch them, and the OS may drop them again under memory pressure.
 3. `tokenstream.split_memmap` cuts the ids into a `data.TokenSplit` of `TokenWindows`: views of
-   the memmap that hand out int64 windows (tokenstream.py also keeps them on the GPU when they fit).
+   the memmap that hand out int64 windows (data/tokenstream.py also keeps them on the GPU when they fit).
 4. `train_bpe_file` trains a BPE tokenizer on the file in the same kind of pass: the pieces
    between safe cuts (below) are pre-split and their chunks counted (`count_file_words`), so
    memory holds one block and the table of distinct chunks, never the text. The merges equal
@@ -24,7 +24,7 @@ custom pattern, or another tokenizer kind, is encoded (or, for BPE training, cou
 correct, but in memory.
 
 This module does not learn merges (bpe_train.py does, from counts), decide the train/val
-fraction, hand out batches (tokenstream.py), or run training.
+fraction, hand out batches (data/tokenstream.py), or run training.
 """
 
 from __future__ import annotations

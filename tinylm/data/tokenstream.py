@@ -1,6 +1,6 @@
 """Token streams kept in their stored dtype, their train/validation split, and batch gathering.
 
-`token_file` (tokenfile.py) gives a read-only uint16/uint32 memmap of ids. `TokenWindows` wraps
+`token_file` (data/tokenfile.py) gives a read-only uint16/uint32 memmap of ids. `TokenWindows` wraps
 such a stream (or its copy on a GPU) and hands out int64 windows, which is all `ChunkBatches`,
 `eval_windows` and `Trainer` use of a token tensor; `split_memmap` cuts one into a
 `data.TokenSplit` without reading it.
@@ -13,7 +13,7 @@ copies them over. `gather_batch` is the version of that gather which overlaps th
 compute: it writes inputs and targets into page-locked (pinned) memory, so
 `x.to("cuda", non_blocking=True)` returns at once and the transfer runs while the GPU works.
 
-This module neither reads text nor tokenizes (tokenfile.py does).
+This module neither reads text nor tokenizes (data/tokenfile.py does).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Generation: pure sampling functions on logits (sampling.py), the decoding engine and beam
+"""Generation: pure sampling functions on logits (generate/sampling.py), the decoding engine and beam
 search over token ids (engine.py), text in and out with stop strings and streaming (text.py),
-and the Q&A chat loop (chat.py).
+and the Q&A chat loop (generate/chat.py).
 
 The engine knows nothing about tokenization, only token ids. Imports model/, kernels/ (through
 kernels/select.py), tokenizers/ and util/; never data/, train/ or the CLI.

@@ -7,7 +7,7 @@ and chat prompts both come from `format_qa`, so the model is asked in exactly th
 learned; the prompt form stops after "Answer: " and the model's EOS ends its reply.
 
 This module does not train (the runner builds training text with these functions) and does not
-sample (textgen.py does).
+sample (generate/text.py does).
 """
 
 from __future__ import annotations

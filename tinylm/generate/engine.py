@@ -3,7 +3,7 @@ beam search.
 
 The engine knows nothing about tokenization, only token ids: the caller encodes the prompt and
 decodes what comes back (streaming gets each step's ids through a callback). Text-level features,
-stop strings and UTF-8-safe streaming, live in textgen.py.
+stop strings and UTF-8-safe streaming, live in generate/text.py.
 
 Window policy. A model attends over at most `context_size` tokens. When the sequence outgrows it:
 - slide (learned or sinusoidal positions): the window jumps forward by `slide` tokens at once (a

@@ -2,7 +2,7 @@
 
 Owns: `SamplingConfig` (validated), the top-k / top-p / repetition filters, and the counter-based
 Gumbel-max draw that makes row b of a batch sample exactly what `seed + b` gives alone (see
-generate.py's docstring). No model, no cache, no text: these take logits and return logits or ids.
+generate/engine.py's docstring). No model, no cache, no text: these take logits and return logits or ids.
 """
 
 from __future__ import annotations

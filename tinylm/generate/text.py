@@ -1,4 +1,4 @@
-"""Text in, text out: the bridge between a tokenizer and the id-level engine in generate.py.
+"""Text in, text out: the bridge between a tokenizer and the id-level engine in generate/engine.py.
 
 Encodes the prompt, runs sampling (one or several samples) or beam search, and turns ids back
 into text. Owns the two text-level features the engine cannot see:

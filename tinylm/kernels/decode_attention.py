@@ -8,7 +8,7 @@ Shapes (L layers, B batch, nh heads, S cache slots, hs head size):
     returns y:         (B, nh, 1, hs)      contiguous, in q's dtype, so y.transpose(1, 2) is already
                                            the (B, 1, nh * hs) layout the output projection reads
 
-The slot and the mask are those of kv_cache.py's static mode: the new key goes to slot pos % S
+The slot and the mask are those of model/kv_cache.py's static mode: the new key goes to slot pos % S
 (rolling) or pos, and the query sees slots 0..min(pos, S - 1), i.e. positions <= pos. The position
 is read on the device, so a CUDA graph records the step once and replays it at every position.
 

@@ -15,7 +15,7 @@ Shapes (M rows: batch x one token, K in features, N out features):
 Why: at batch 1 a decoding step is a chain of tiny kernels, each ~2.5 us on a GPU whatever it
 does; the weights of the char model take ~5 us to read in all. The unfused block runs ~11
 kernels per layer (LayerNorm, matrix-vector product with bias, GELU, residual add, twice, and
-attention); with this kernel and decode_kernels.py's attention it runs five: LN+qkv, attention,
+attention); with this kernel and kernels/decode_attention.py's attention it runs five: LN+qkv, attention,
 proj+residual, LN+fc+GELU, proj+residual.
 
 Numerics: statistics and accumulation in fp32; the normalised input is rounded to the weight's
@@ -183,7 +183,7 @@ def block_kernel(block, x: torch.Tensor, rope, cache, layer: int) -> torch.Tenso
 
 
 def decode_block(block, x: torch.Tensor, rope, cache, layer: int) -> torch.Tensor:
-    """One pre-norm block of model.py (x + attn(ln1(x)), then x + mlp(ln2(x))) for one token per
+    """One pre-norm block of model/gpt.py (x + attn(ln1(x)), then x + mlp(ln2(x))) for one token per
     row: x (B, C) -> (B, C), the keys and values through `cache` in static mode, as
     Block.forward(x[:, None], rope, cache, layer)[:, 0] computes it (to the numerics above)."""
     B, C = x.shape

@@ -4,10 +4,10 @@ Every fast path in kernels/ replaces one plain function and is tested equal to i
     training   compiled_blocks  (compiled.py)        for Block.forward           --compile blocks
                fused_head_loss  (head_loss.py)       for step.plain_head_loss    CUDA, wide heads
     decoding   decode_attention (decode_attention.py) for KVCache store + attend  CUDA, one token a row
-               block_kernel     (decode_linear.py)   for Block.forward           CUDA, <= MAX_ROWS rows
-               decode_head      (decode_linear.py)   for ln_f + lm_head          likewise
+               block_kernel     (kernels/decode_linear.py)   for Block.forward           CUDA, <= MAX_ROWS rows
+               decode_head      (kernels/decode_linear.py)   for ln_f + lm_head          likewise
                store_by_index, attend_written_out (compiled.py) for the cache    --decode compile
-               cpu_weight_layout (cpu_weights.py)    a weight layout, same values CPU decoding
+               cpu_weight_layout (kernels/cpu_weights.py)    a weight layout, same values CPU decoding
 The model (model/) never imports this package: callers pass what is chosen here into
 `GPT.trunk(block_kernel=...)`, `GPT.head(kernel=...)` and the KVCache's replaceable steps.
 Kernel modules that need triton are imported only once a CUDA path asks for them.

@@ -7,7 +7,7 @@ Files are written atomically (temp file in the same folder, fsync, rename) so an
 save leaves the previous file intact. Loading reads only the safetensors header and raw tensor
 bytes, so a file crafted to run code (a pickle) is refused as "not a usable tinylm model file".
 This module does not know how training works; the resumable training state (optimizer, RNGs,
-position in the data) is not part of the model file but of a checkpoint (trainstate.py).
+position in the data) is not part of the model file but of a checkpoint (train/state.py).
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ class GPT(nn.Module):
     def new_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                   rolling: bool = False) -> KVCache:
         """An empty KV cache for `batch` rows of `max_len` positions (default: the context size);
-        rolling: overwrite the oldest slot when full (RoPE only, see kv_cache.py)."""
+        rolling: overwrite the oldest slot when full (RoPE only, see model/kv_cache.py)."""
         p = self.wte.weight
         return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, max_len or self.cfg.context_size,
                        self.cfg.head_size, device=p.device, dtype=dtype or p.dtype, rolling=rolling)

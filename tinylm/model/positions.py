@@ -1,6 +1,6 @@
 """Positional information: sinusoidal tables and rotary embeddings (RoPE).
 
-Learned position embeddings are a plain `nn.Embedding` in model.py; this module holds the two
+Learned position embeddings are a plain `nn.Embedding` in model/gpt.py; this module holds the two
 fixed schemes, as pure functions that build tables and apply them. It knows nothing about the
 rest of the model.
 

@@ -1,7 +1,7 @@
-"""Training: TrainConfig (config.py), the loop (trainer.py) built from one step body (step.py,
-eager; graph_step.py, the same body as a CUDA graph), optimizers (optim.py, adamw.py),
-learning-rate schedules (schedule.py), the weight average (ema.py), data parallelism
-(distributed.py) and resumable checkpoints (state.py).
+"""Training: TrainConfig (config.py), the loop (trainer.py) built from one step body (train/step.py,
+eager; train/graph_step.py, the same body as a CUDA graph), optimizers (train/optim.py, train/adamw.py),
+learning-rate schedules (train/schedule.py), the weight average (train/ema.py), data parallelism
+(train/distributed.py) and resumable checkpoints (state.py).
 
 Imports model/, kernels/ (through kernels/select.py), data/, tokenizers/ and util/; never
 generate/ or the CLI. It does not parse flags: runner.py and cli.py build its configs.

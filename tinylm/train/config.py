@@ -32,14 +32,14 @@ class TrainConfig:
     beta2: float = 0.95
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    ema: float = 0.0  # 0 = off; else evaluate and save a moving average of the weights with this decay (ema.py)
+    ema: float = 0.0  # 0 = off; else evaluate and save a moving average of the weights with this decay (train/ema.py)
     eval_interval: int = 0  # steps between validations; 0 = once per epoch
     val_fraction: float = 0.1  # last fraction of the text held out
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: str = "off"  # off | model (torch.compile the whole training forward) | blocks (each block alone)
-    cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see graph_step.py);
+    cuda_graph: bool = False  # capture the whole step as one CUDA graph (CUDA + AdamW only; see train/graph_step.py);
     # with compile=model the graph records the compiled kernels
     log_interval: int = 10  # steps between log lines when not on a terminal (and between checks for skipped steps)
     checkpoint_every: int = 0  # steps between checkpoints; 0 = off

@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node=2 -m tinylm train -d book.txt -o models/book.model
 
-Every process holds the whole model and trains on its own share of each step's batches (data.py
+Every process holds the whole model and trains on its own share of each step's batches (data/batches.py
 `ChunkBatches` hands process r every world-th batch), so one optimizer step sees `world` times
 the batch. After the backward pass the gradients and the loss are averaged over the processes
 with one all-reduce, so every process takes the same clipped AdamW step from the same averaged

@@ -5,7 +5,7 @@ and Python cannot launch them as fast as the GPU runs them, so the GPU idles. A 
 launches the whole step at once. Unlike torch.compile it needs no compiler import and no compile
 time, which matters when the goal is the shortest time from launch to a good model.
 
-The recorded sequence is step.py's `step_body`, the same code the eager step runs. With a
+The recorded sequence is train/step.py's `step_body`, the same code the eager step runs. With a
 torch.compile'd training forward (`forward`), the compiled kernels are what the graph records:
 fewer, fused kernels and no launch gaps, which is the fastest step for large models.
 

@@ -60,7 +60,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> Optimi
     AdamW's update size so one --lr serves both."""
     hidden = [p for b in model.blocks for p in b.parameters() if p.dim() == 2] if cfg.optimizer == "muon" else []
     groups = param_groups(model, cfg, {id(p) for p in hidden})
-    if fused_adamw.available(device):  # torch's fused kernel, without importing torch._dynamo (adamw.py)
+    if fused_adamw.available(device):  # torch's fused kernel, without importing torch._dynamo (train/adamw.py)
         opts: list = [fused_adamw.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]
     else:
         opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]

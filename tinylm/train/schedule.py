@@ -2,7 +2,7 @@
 
 `cosine_lr`: linear warmup, then cosine decay to a floor (Loshchilov & Hutter 2017).
 `plateau_update`: the seed-000 schedule, which halves the rate whenever the average loss stops
-improving. Neither touches an optimizer; train.py writes the returned rate into it.
+improving. Neither touches an optimizer; train/trainer.py writes the returned rate into it.
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ in the epoch (the sampler is deterministic per (seed, epoch), so the position is
 schedule's state (plateau, warmup progress, the rollback scale), the epoch's running loss, the
 validation history, the RNG states (Python, NumPy, torch CPU and CUDA; with several processes,
 every process's), the number of processes, the model and training configs, and SHA-256
-fingerprints of the data and the tokenizer. With several processes (distributed.py) process 0
+fingerprints of the data and the tokenizer. With several processes (train/distributed.py) process 0
 writes the file and every process reads it back when it resumes or rolls back.
 
 This module writes, finds, checks and reads checkpoints and moves state into and out of a
-Trainer (by its attribute names); it does not decide when to checkpoint (train.py) or which
+Trainer (by its attribute names); it does not decide when to checkpoint (train/trainer.py) or which
 checkpoint a command resumes (runner.py).
 """
 

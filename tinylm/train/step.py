@@ -1,9 +1,9 @@
 """The computations the training loop repeats: one optimizer step and one exact evaluation.
 
 Owns what happens inside a step: autocast where it applies, gradient accumulation over
-micro-batches, the data-parallel average of the gradients (distributed.py), and the clipped,
+micro-batches, the data-parallel average of the gradients (train/distributed.py), and the clipped,
 skip-if-not-finite update (optim.clipped_step). `step_body` is that sequence, written once:
-`train_step` runs it eagerly, graph_step.py records it as a CUDA graph. Knows nothing about
+`train_step` runs it eagerly, train/graph_step.py records it as a CUDA graph. Knows nothing about
 schedules, checkpoints, logging or when to stop (trainer.py).
 
 A training forward is a function (x, y) -> loss. `training_forward` builds it from the model's

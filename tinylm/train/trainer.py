@@ -1,12 +1,12 @@
 """Training: `TrainConfig` and the `Trainer` loop, built from small named steps.
 
 Owns the optimizer (AdamW, decay on matrices only), the schedule in use, the loop around
-step.py's `train_step` (or the CUDA-graph step) and `evaluate` on the validation split, saving
-the best and last model, checkpoints (when, not how: see trainstate.py), and
+train/step.py's `train_step` (or the CUDA-graph step) and `evaluate` on the validation split, saving
+the best and last model, checkpoints (when, not how: see train/state.py), and
 stopping (epochs, steps or time, whichever comes first, or a SIGINT/SIGTERM, which saves a
 checkpoint and returns). Numerical faults: a step whose loss or gradient is not finite is skipped
 on the device (no host sync); several in a row roll back to the last checkpoint with a lower
-learning rate. Data parallelism (several processes under torchrun, see distributed.py): each
+learning rate. Data parallelism (several processes under torchrun, see train/distributed.py): each
 process trains on its share of the batches, the gradients are averaged in every step, process 0
 alone logs and writes files, and every decision that depends on a clock or a signal is agreed on
 by all processes. It does not parse flags or read files.
@@ -103,8 +103,8 @@ def _progress(cfg: TrainConfig, step: int, epoch_pos: float, elapsed: float) -> 
 class Trainer:
     """Holds the state of one run; `run()` executes it. Saving goes to `out` (best by validation
     loss; the current weights when there is no validation), `last` (latest weights) and, when
-    `checkpoints` names a folder, resumable checkpoints there (see trainstate.py). `dist`: this
-    process's place among several training together (distributed.py); only process 0 writes."""
+    `checkpoints` names a folder, resumable checkpoints there (see train/state.py). `dist`: this
+    process's place among several training together (train/distributed.py); only process 0 writes."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, split: TokenSplit, cfg: TrainConfig,
                  out: Path | None = None, last: Path | None = None, meta: dict | None = None,
