@@ -20,21 +20,16 @@ from pathlib import Path
 
 from .util.errors import UsageError
 from .util.log import log, setup_logging
+from .generate.engine import DECODES, WINDOWS
+from .model.config import ACTIVATIONS, POSITIONS
+from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
+from .train.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES
+from .train.config import FLAGS as TRAIN_FIELD_FLAGS
 
-# flag dest -> GPTConfig field
-MODEL_FLAGS = {"layers": "n_layer", "heads": "n_head", "embd": "n_embd", "context": "context_size", "ff": "d_ff",
-               "dropout": "dropout", "positions": "positions", "activation": "activation", "bias": "bias",
-               "tie": "tie_weights", "qk_norm": "qk_norm", "softcap": "logit_softcap"}
-# flag dest -> TrainConfig field
-TRAIN_FLAGS = {"epochs": "epochs", "steps": "max_steps", "time": "time_budget", "batch_size": "batch_size",
-               "grad_accum": "grad_accum", "lr": "lr", "min_lr": "min_lr", "warmup": "warmup_steps",
-               "schedule": "schedule", "patience": "patience", "optimizer": "optimizer", "beta1": "beta1", "beta2": "beta2",
-               "weight_decay": "weight_decay", "grad_clip": "grad_clip", "ema": "ema", "eval_interval": "eval_interval",
-               "val_fraction": "val_fraction", "seed": "seed", "device": "device", "dtype": "dtype",
-               "compile": "compile", "cuda_graph": "cuda_graph", "log_interval": "log_interval",
-               "checkpoint_every": "checkpoint_every", "checkpoint_minutes": "checkpoint_minutes",
-               "keep_checkpoints": "keep_checkpoints"}
+# argparse dest -> config field, from the tables beside each config
+MODEL_FLAGS = {dest: field for field, (dest, _) in MODEL_FIELD_FLAGS.items() if dest}
+TRAIN_FLAGS = {dest: field for field, (dest, _) in TRAIN_FIELD_FLAGS.items()}
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -53,8 +48,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", type=int, help="context size in tokens")
     g.add_argument("--ff", type=int, help="MLP hidden width (0 = 4 x embd)")
     g.add_argument("--dropout", type=float, help="dropout rate in [0, 1)")
-    g.add_argument("--positions", choices=["learned", "sinusoidal", "rope"], help="position encoding (default learned)")
-    g.add_argument("--activation", choices=["gelu", "relu", "silu", "swiglu", "relu2"], help="MLP activation (default gelu)")
+    g.add_argument("--positions", choices=POSITIONS, help="position encoding (default learned)")
+    g.add_argument("--activation", choices=ACTIVATIONS, help="MLP activation (default gelu)")
     g.add_argument("--no-bias", dest="bias", action="store_false", default=None, help="no biases in Linear/LayerNorm")
     g.add_argument("--untied", dest="tie", action="store_false", default=None, help="separate output head (default: tied to embeddings)")
     g.add_argument("--qk-norm", action="store_true", default=None, help="RMS-normalise queries and keys")
@@ -71,9 +66,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="peak learning rate")
     g.add_argument("--min-lr", type=float, help="learning-rate floor")
     g.add_argument("--warmup", type=int, help="linear warmup steps")
-    g.add_argument("--schedule", choices=["cosine", "plateau", "constant"], help="learning-rate schedule (default cosine)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
     g.add_argument("--patience", type=int, help="plateau: epochs without improvement before halving")
-    g.add_argument("--optimizer", choices=["adamw", "muon"], help="adamw (default) or muon (Muon for the blocks' matrices, AdamW for the rest)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="adamw (default) or muon (Muon for the blocks' matrices, AdamW for the rest)")
     g.add_argument("--beta1", type=float, help="AdamW beta1")
     g.add_argument("--beta2", type=float, help="AdamW beta2")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
@@ -85,7 +80,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default auto: CUDA if available)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on CUDA, fp32 on CPU")
-    g.add_argument("--compile", choices=["auto", "off", "model", "blocks"], default=None,
+    g.add_argument("--compile", choices=("auto", *COMPILE_MODES), default=None,
                    help="torch.compile for training: model (whole forward+loss), blocks (each block; faster to compile), "
                         "off; auto (default) = model on CUDA, off on CPU")
     g.add_argument("--cuda-graph", action="store_true", default=None,
@@ -118,10 +113,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="end a sample at this text, which is not printed (repeatable; default: only EOS ends)")
-    p.add_argument("--decode", choices=["auto", "eager", "graph", "compile"], default="auto",
+    p.add_argument("--decode", choices=DECODES, default="auto",
                    help="decoding engine: auto (CUDA graph on GPU, eager on CPU), eager, graph, or compile "
                         "(torch.compile, + CUDA graph on GPU: fastest per token, seconds to start)")
-    p.add_argument("--window", choices=["auto", "slide", "roll"], default="auto",
+    p.add_argument("--window", choices=WINDOWS, default="auto",
                    help="past the context size: slide (re-prefill every quarter context) or roll (RoPE only); "
                         "auto = roll for RoPE models, slide otherwise")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = auto: one for models under 50M parameters, "

@@ -14,6 +14,13 @@ from ..util.errors import UsageError
 
 POSITIONS = ("learned", "sinusoidal", "rope")
 ACTIVATIONS = ("gelu", "relu", "silu", "swiglu", "relu2")
+# field -> (the `tinylm train` argparse dest, the flag a user types): the CLI reads its model flags
+# through this table, and messages about a checkpoint name them by it. dest None: no model flag.
+FLAGS = {"n_layer": ("layers", "--layers"), "n_head": ("heads", "--heads"), "n_embd": ("embd", "--embd"),
+         "context_size": ("context", "--context"), "d_ff": ("ff", "--ff"), "dropout": ("dropout", "--dropout"),
+         "positions": ("positions", "--positions"), "activation": ("activation", "--activation"),
+         "bias": ("bias", "--no-bias"), "tie_weights": ("tie", "--untied"), "qk_norm": ("qk_norm", "--qk-norm"),
+         "logit_softcap": ("softcap", "--softcap"), "vocab_size": (None, "--vocab-size")}
 
 
 @dataclass

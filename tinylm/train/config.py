@@ -9,10 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..util.errors import UsageError
+from .schedule import SCHEDULES
 
-SCHEDULES = ("cosine", "plateau", "constant")
 OPTIMIZERS = ("adamw", "muon")
 COMPILE_MODES = ("off", "model", "blocks")
+# field -> (the `tinylm train` argparse dest, the flag a user types), as model/config.py's FLAGS
+_RENAMED = {"max_steps": ("steps", "--steps"), "time_budget": ("time", "--time"), "warmup_steps": ("warmup", "--warmup")}
+FLAGS = {f: _RENAMED.get(f, (f, "--" + f.replace("_", "-"))) for f in (
+    "epochs", "max_steps", "time_budget", "batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "schedule",
+    "patience", "optimizer", "beta1", "beta2", "weight_decay", "grad_clip", "ema", "eval_interval", "val_fraction",
+    "seed", "device", "dtype", "compile", "cuda_graph", "log_interval", "checkpoint_every", "checkpoint_minutes",
+    "keep_checkpoints")}
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 `cosine_lr`: linear warmup, then cosine decay to a floor (Loshchilov & Hutter 2017).
 `plateau_update`: the seed-000 schedule, which halves the rate whenever the average loss stops
-improving. Neither touches an optimizer; train/trainer.py writes the returned rate into it.
+improving. `constant`: warmup, then the peak rate. `scheduled_lr` picks among them by name.
+None touches an optimizer; train/trainer.py writes the returned rate into it. A new schedule is
+added here alone (its name in SCHEDULES, its rule in scheduled_lr).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+
+SCHEDULES = ("cosine", "plateau", "constant")
 
 
 def cosine_lr(step: int, progress: float, max_lr: float, min_lr: float, warmup_steps: int,
@@ -43,3 +47,14 @@ def plateau_update(state: PlateauState, loss: float, patience: int = 0, factor: 
     if bad > patience:
         return replace(state, lr=max(state.lr * factor, min_lr), bad_epochs=0)
     return replace(state, bad_epochs=bad)
+
+
+def scheduled_lr(schedule: str, step: int, progress: float, max_lr: float, min_lr: float, warmup_steps: int,
+                 warmup_progress: float, plateau: PlateauState) -> float:
+    """The rate of optimizer step `step` under `schedule` (one of SCHEDULES). plateau: the
+    plateau schedule's state (for constant it keeps max_lr, as nothing updates it)."""
+    if schedule == "cosine":
+        return cosine_lr(step, progress, max_lr, min_lr, warmup_steps, warmup_progress)
+    if step < warmup_steps:
+        return plateau.lr * (step + 1) / warmup_steps
+    return plateau.lr

@@ -40,7 +40,9 @@ import torch
 
 from ..model.files import atomic_write_bytes
 from .ema import EMA
+from ..model.config import FLAGS as MODEL_FLAGS
 from ..util.errors import UsageError
+from .config import FLAGS as TRAIN_FLAGS
 from ..util.log import log
 from .schedule import PlateauState
 
@@ -53,9 +55,8 @@ _STEP_FILE = re.compile(r"step-(\d+)\.ckpt")
 OPERATIONAL = frozenset({"device", "compile", "cuda_graph", "log_interval", "checkpoint_every", "checkpoint_minutes",
                          "keep_checkpoints", "nan_patience", "max_rollbacks"})
 # config field -> the flag that sets it, where the two names differ
-FLAG_NAMES = {"max_steps": "--steps", "time_budget": "--time", "warmup_steps": "--warmup", "n_layer": "--layers",
-              "n_head": "--heads", "n_embd": "--embd", "context_size": "--context", "d_ff": "--ff",
-              "tie_weights": "--untied", "logit_softcap": "--softcap", "vocab_size": "--vocab-size"}
+# checkpoint field -> the flag users type (a field of neither table is shown as --field-name)
+FLAG_NAMES = {field: flag for table in (MODEL_FLAGS, TRAIN_FLAGS) for field, (_, flag) in table.items()}
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:

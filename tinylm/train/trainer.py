@@ -37,7 +37,7 @@ from ..util.errors import UsageError
 from ..util.log import Progress, log
 from ..model.gpt import GPT
 from .optim import make_optimizer, param_groups
-from .schedule import PlateauState, cosine_lr, plateau_update
+from .schedule import PlateauState, plateau_update, scheduled_lr
 from ..kernels.select import training_kernels
 from .step import evaluate, plain_head_loss, train_step, training_forward
 from ..tokenizers import Tokenizer
@@ -173,11 +173,8 @@ class Trainer:
         cfg = self.cfg
         if step == cfg.warmup_steps:
             self.warmup_progress = progress  # the cosine starts its decay from here
-        if cfg.schedule == "cosine":
-            return cosine_lr(step, progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.warmup_progress)
-        if step < cfg.warmup_steps:
-            return self.plateau.lr * (step + 1) / cfg.warmup_steps
-        return self.plateau.lr
+        return scheduled_lr(cfg.schedule, step, progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.warmup_progress,
+                            self.plateau)
 
     def elapsed(self) -> float:
         """Training seconds so far, those before a resume included."""
