@@ -2,7 +2,7 @@
 
 - `compiled_blocks`: each transformer block compiled for training ("regional" compilation: the
   blocks share one compiled graph, so compile time does not grow with depth). Plain twin: the
-  block's own forward (tests/test_model.py trains both).
+  block's own forward (tests/test_kernels_select.py holds the losses and gradients equal).
 - `store_by_index`, `attend_written_out`: the static KV cache's store and attention in the
   forms inductor handles best, for `--decode compile`. Plain twins: model/kv_cache.py's
   store_by_slot and attend_filled (tests/test_generate_cache.py decodes with both).
@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 
 
-def compiled_blocks(model):
+def compiled_blocks(model, **compile_options):
     """A model.gpt.BlockKernel that runs torch.compile'd copies of the model's blocks (training
     only: the trainer passes it to its training forward; evaluation and decoding stay eager and
-    trigger no recompiles)."""
-    compiled = [torch.compile(b, dynamic=False) for b in model.blocks]
+    trigger no recompiles). compile_options go to torch.compile (tests pick a quick backend)."""
+    compiled = [torch.compile(b, dynamic=False, **compile_options) for b in model.blocks]
 
     def run(block, x, rope, cache, layer):
         # subtle: no layer index passed in; an int argument would be a compile-time constant and
