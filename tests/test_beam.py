@@ -11,7 +11,8 @@ import torch
 
 from conftest import make_model
 from tinylm.util.errors import UsageError
-from tinylm.generate.engine import SamplingConfig, beam_search, generate
+from tinylm.generate.beam import beam_search
+from tinylm.generate.engine import SamplingConfig, generate
 
 
 class MinimalTableModel(torch.nn.Module):

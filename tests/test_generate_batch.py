@@ -9,7 +9,8 @@ import torch
 
 from conftest import make_model
 from tinylm.util.errors import UsageError
-from tinylm.generate.engine import (Engine, SamplingConfig, beam_search, generate, repetition_filter, row_keys, sample_next,
+from tinylm.generate.beam import beam_search
+from tinylm.generate.engine import (Engine, SamplingConfig, generate, repetition_filter, row_keys, sample_next,
                              top_k_filter, top_p_filter, uniform_noise)
 
 V = 40

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_model
-from tinylm.generate.engine import Decoder, Engine, SamplingConfig, beam_search, generate
+from tinylm.generate.beam import beam_search
+from tinylm.generate.engine import Decoder, Engine, SamplingConfig, generate
 from tinylm.kernels.compiled import attend_written_out, store_by_index
 from tinylm.model.kv_cache import KVCache
 from tinylm.model.gpt import POSITIONS

@@ -22,7 +22,7 @@ Quick use from Python:
 __version__ = "0.1.0"
 
 from .data.batches import read_text, split_tokens  # noqa: E402
-from .generate.engine import beam_search  # noqa: E402
+from .generate.beam import beam_search  # noqa: E402
 from .generate.sampling import SamplingConfig  # noqa: E402
 from .generate.text import generate_text  # noqa: E402
 from .model.files import load_model, save_model  # noqa: E402

@@ -6,7 +6,8 @@ The engine knows nothing about tokenization, only token ids. Imports model/, ker
 kernels/select.py), tokenizers/ and util/; never data/, train/ or the CLI.
 """
 
-from .engine import Decoder, Engine, beam_search, generate
+from .beam import beam_search
+from .engine import Decoder, Engine, generate
 from .sampling import SamplingConfig
 from .text import generate_text, generate_texts
 

@@ -18,7 +18,8 @@ from typing import Callable, Sequence, TextIO
 import torch
 
 from ..util.errors import UsageError
-from .engine import Engine, SamplingConfig, beam_search, resolve_window
+from .beam import beam_search
+from .engine import Engine, SamplingConfig, resolve_window
 from ..util.log import log
 
 
