@@ -82,9 +82,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--compile", choices=("auto", *COMPILE_MODES), default=None,
                    help="torch.compile for training: model (whole forward+loss), blocks (each block; faster to compile), "
-                        "off; auto (default) = model on CUDA, off on CPU")
+                        "off; auto (default) = model on CUDA for big models (12 x layers x embd^2 >= 50M) or a non-AdamW "
+                        "optimizer, else off")
     g.add_argument("--cuda-graph", action="store_true", default=None,
-                   help="replay the whole training step as one CUDA graph (CUDA, AdamW; the default there); with "
+                   help="replay the whole training step as one CUDA graph (CUDA, AdamW; the default there while --compile "
+                        "is auto: an explicit --compile leaves it to this flag); with "
                         "--compile model the graph records the compiled kernels")
     g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="launch the step's kernels one by one instead of replaying a CUDA graph")
