@@ -196,8 +196,6 @@ def cmd_train(args) -> int:
 def sampling_from_args(args):
     from .generate.engine import SamplingConfig  # noqa: PLC0415
 
-    if args.beams < 1:
-        raise UsageError(f"--beams must be at least 1, got {args.beams}")
     return SamplingConfig(max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
@@ -206,15 +204,15 @@ def _generation_setup(args):
     """Checks shared by generate and chat, then (sampling config, loaded model)."""
     import torch  # noqa: PLC0415
 
+    from .generate.sampling import check_request  # noqa: PLC0415
     from .model.files import load_model  # noqa: PLC0415
     from .kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
     from .util.device import resolve_device  # noqa: PLC0415
 
     cfg = sampling_from_args(args)
+    check_request(args.beams, getattr(args, "num_samples", 1), args.stop)  # before the model is loaded
     if args.threads < 0:
         raise UsageError(f"--threads must be 0 (auto) or positive, got {args.threads}")
-    if any(s == "" for s in args.stop):
-        raise UsageError("--stop must not be empty; give the text at which a sample should end")
     device = resolve_device(args.device)
     check_kind(args.weights, device)
     loaded = load_model(args.model, device)
@@ -230,10 +228,6 @@ def _generation_setup(args):
 def cmd_generate(args) -> int:
     from .generate.text import generate_text, generate_texts  # noqa: PLC0415
 
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
-    if args.num_samples > 1 and args.beams > 1:
-        raise UsageError("beam search gives one result: drop --beams to draw --num-samples samples, or drop --num-samples")
     cfg, loaded = _generation_setup(args)
     opts = dict(stop=args.stop, unknown=args.unknown, decode=args.decode, window=args.window)
     if args.num_samples == 1:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..util.errors import UsageError
 from .engine import Decoder
+from .sampling import check_request
 
 
 @torch.no_grad()
@@ -26,8 +27,7 @@ def beam_search(model, prompt: torch.Tensor, vocab_size: int, beam_width: int = 
     transformers, EOS further down the list is ignored, which makes width 1 exactly greedy).
     The search stops when `beam_width` beams have finished and the best of them scores at least
     the best live beam, or after max_new_tokens."""
-    if beam_width < 1:
-        raise UsageError(f"--beams must be at least 1, got {beam_width}")
+    check_request(beams=beam_width)
     if max_new_tokens < 1:
         raise UsageError(f"--tokens must be at least 1, got {max_new_tokens}")
     model.eval()

@@ -36,6 +36,22 @@ class SamplingConfig:
             raise UsageError(f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}")
 
 
+def check_request(beams: int = 1, num_samples: int = 1, stop=()) -> list[str]:
+    """The checks of a generation request beyond its SamplingConfig, in the one place that makes
+    them: the CLI calls this before loading a model, the library entry points again for Python
+    callers. Returns the stop strings as a list."""
+    if beams < 1:
+        raise UsageError(f"--beams must be at least 1, got {beams}")
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
+    if num_samples > 1 and beams > 1:
+        raise UsageError("beam search gives one result: drop --beams to draw --num-samples samples, or drop --num-samples")
+    stops = list(stop or ())
+    if any(s == "" for s in stops):
+        raise UsageError("--stop must not be empty; give the text at which a sample should end")
+    return stops
+
+
 # ---------------------------------------------------------------- pure functions on logits (B, V)
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from ..util.errors import UsageError
 from .beam import beam_search
 from .engine import Engine, SamplingConfig, resolve_window
+from .sampling import check_request
 from ..util.log import log
 
 
@@ -95,13 +96,6 @@ class TextStream:
         return 0
 
 
-def _check_stops(stop: Sequence[str]) -> list[str]:
-    stops = list(stop or ())
-    if any(s == "" for s in stops):
-        raise UsageError("--stop must not be empty; give the text at which a sample should end")
-    return stops
-
-
 def finish_text(tokenizer, ids: list[int], eos_id: int | None, stops: Sequence[str]) -> str:
     """A sample's generated ids -> its text: up to its EOS, cut before the first stop string."""
     if eos_id is not None and eos_id in ids:
@@ -141,9 +135,7 @@ def generate_texts(model, tokenizer, prompt: str, cfg: SamplingConfig, num_sampl
     """`num_samples` continuations of `prompt` (without the prompt), sampled in one batch; sample
     i uses seed cfg.seed + i, so it is what that seed gives alone. engine: a ready Engine for
     batch num_samples and these settings, to reuse across calls."""
-    if num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {num_samples}")
-    stops = _check_stops(stop)
+    stops = check_request(num_samples=num_samples, stop=stop)
     ids = encode_prompt(tokenizer, prompt, model.cfg.context_size, unknown, allow_special)
     return _sample(model, tokenizer, ids, cfg, num_samples, stops, decode, window, None, engine)
 
@@ -156,10 +148,8 @@ def generate_text(model, tokenizer, prompt: str, cfg: SamplingConfig, beams: int
     """Return the continuation of `prompt` (without the prompt). With `stream` (and/or on_text)
     the text is handed out piece by piece as it is produced (beam search: all at the end), after
     the prompt itself when `echo_prompt` (only once the prompt is known to be valid)."""
-    if beams < 1:
-        raise UsageError(f"--beams must be at least 1, got {beams}")
+    stops = check_request(beams=beams, stop=stop)
     resolve_window(window, model.cfg.positions)  # fail before echoing the prompt
-    stops = _check_stops(stop)
     ids = encode_prompt(tokenizer, prompt, model.cfg.context_size, unknown, allow_special)
     if beams == 1 and engine is None:  # built before echoing: it checks --decode and --window
         engine = Engine(model, 1, tokenizer.vocab_size, cfg, tokenizer.eos_id, decode=decode, window=window)
