@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -39,7 +40,13 @@ def load_qa_json(path: str | os.PathLike) -> list[tuple[str, str]]:
     if not p.is_file():
         raise UsageError(f"Q&A file {p} does not exist or is not a file; check the path")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except RecursionError:  # json's C parser recurses once per nesting level
+        item = _item_at_depth(text)
+        where = f"Q&A file {p}" + (f", item {item}," if item is not None else "")
+        raise UsageError(f"{where} is nested too deeply for the JSON reader "
+                         "(arrays or objects inside each other); each item must be a flat {\"question\": ..., \"answer\": ...} object") from None
     except UnicodeDecodeError:
         raise UsageError(f"Q&A file {p} is not UTF-8 text; save it as UTF-8") from None
     except json.JSONDecodeError as e:
@@ -63,8 +70,30 @@ def load_qa_json(path: str | os.PathLike) -> list[tuple[str, str]]:
                 raise UsageError(f"{where}: \"{key}\" must be a string, not a JSON {type(item[key]).__name__}")
             if not item[key].strip():
                 raise UsageError(f"{where}: \"{key}\" is empty")
+            try:
+                item[key].encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800": JSON allows the escape, text cannot hold it
+                raise UsageError(f"{where}: \"{key}\" holds the lone surrogate \\u{ord(item[key][e.start]):04x}, "
+                                 "which is not a character; remove the escape, or write the character itself") from None
         pairs.append((item["question"], item["answer"]))
     return pairs
+
+
+def _item_at_depth(text: str, limit: int = 100) -> int | None:
+    """Index of the top-level item of JSON list `text` where nesting first passes `limit` levels,
+    found by scanning brackets outside strings (no recursion); None if the top level is not a list.
+    '[{"q": 1}, [[[[...' -> 1."""
+    from ..model.files import JSON_STRING  # noqa: PLC0415 - torch is not imported until an error needs it
+
+    depth, item = 0, 0
+    for m in re.finditer(r"[\[\]{},]", JSON_STRING.sub('""', text)):
+        c = m.group()
+        if c == "," and depth == 1:
+            item += 1
+        depth += 1 if c in "[{" else -1 if c in "]}" else 0
+        if depth > limit:
+            return item if text.lstrip().startswith("[") else None
+    return None
 
 
 def chat(model, tokenizer, cfg, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr,

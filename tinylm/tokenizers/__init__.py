@@ -11,11 +11,13 @@ __all__ = ["Tokenizer", "CharTokenizer", "from_dict", "PAD", "UNK", "BOS", "EOS"
 
 def from_dict(d: dict) -> Tokenizer:
     """Rebuild a tokenizer from `Tokenizer.to_dict()` output (as stored in a model file)."""
-    kind = d.get("type") if isinstance(d, dict) else None
+    if not isinstance(d, dict):
+        raise UsageError(f"the tokenizer must be a JSON object, got a JSON {type(d).__name__}; the file may be damaged")
+    kind = d.get("type")
     if kind == "char":
         return CharTokenizer.from_dict(d)
     if kind in ("bpe", "gpt2"):
         from .bpe import BPETokenizer  # noqa: PLC0415 - keeps the char path free of regex/tiktoken
 
         return BPETokenizer.from_dict(d)
-    raise UsageError(f"unknown tokenizer type {kind!r} in the model/tokenizer file; it may be damaged or from a newer tinylm")
+    raise UsageError(f"unknown tokenizer type {str(kind)[:40]!r} in the model/tokenizer file; it may be damaged or from a newer tinylm")

@@ -12,6 +12,9 @@ from abc import ABC, abstractmethod
 # Special tokens shared by every tinylm tokenizer (seed 001): fixed ids 0..3.
 PAD, UNK, BOS, EOS = "<PAD>", "<UNK>", "<BOS>", "<EOS>"
 DEFAULT_SPECIALS = (PAD, UNK, BOS, EOS)
+# The most ids a tokenizer may have (~50x GPT-4's): a stored tokenizer claiming more is damaged
+# or crafted, and would make the model's embedding (and BPE's decode table) too big to allocate.
+MAX_VOCAB = 10_000_000
 
 
 class Tokenizer(ABC):

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Mapping
 import regex
 
 from ..util.errors import UsageError
-from .base import BOS, DEFAULT_SPECIALS, EOS, PAD, UNK, Tokenizer
+from .base import BOS, DEFAULT_SPECIALS, EOS, MAX_VOCAB, PAD, UNK, Tokenizer
 from .bpe_train import ProgressBar, count_words, learn_merges
 from .patterns import resolve_pattern
 from .ranks import (CL100K_SPECIALS, ENDOFTEXT, b64, escape_bytes, gpt2_ranks, load_tiktoken_file, ranks_to_tokens,
@@ -319,6 +319,9 @@ def _from_dict(cls, d: dict) -> BPETokenizer:
         raise UsageError(f"BPE tokenizer format {d['format']} is newer than this tinylm understands; upgrade tinylm")
     specials = {str(k): int(v) for k, v in d["specials"].items()}
     first_id = int(d["first_id"])
+    ids = [first_id, *specials.values()]
+    if min(ids) < 0 or max(ids) >= MAX_VOCAB or len(d.get("merges", d.get("ranks", ()))) >= MAX_VOCAB:
+        raise ValueError(f"token ids must lie in [0, {MAX_VOCAB})")  # before a decode table of that size is built
     if "merges" in d:
         merges = [(unescape_bytes(a), unescape_bytes(b)) for a, b in d["merges"]]
         tokens = [bytes([i]) for i in range(256)]

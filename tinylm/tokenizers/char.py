@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..util.errors import UsageError
-from .base import DEFAULT_SPECIALS, UNK, Tokenizer
+from .base import DEFAULT_SPECIALS, MAX_VOCAB, UNK, Tokenizer
 
 
 class CharTokenizer(Tokenizer):
@@ -92,4 +92,14 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
-        return cls(list(d["chars"]), tuple(d.get("specials", DEFAULT_SPECIALS)))
+        """From `to_dict` output; a malformed dict is a UsageError naming the field."""
+        chars, specials = d.get("chars"), d.get("specials", list(DEFAULT_SPECIALS))
+        for name, v in (("chars", chars), ("specials", specials)):
+            if not (isinstance(v, list) and all(isinstance(c, str) and c for c in v)):
+                raise UsageError(f"char tokenizer field {name!r} must be a list of non-empty strings")
+        if len(chars) + len(specials) > MAX_VOCAB:
+            raise UsageError(f"char tokenizer has {len(chars) + len(specials)} tokens, more than {MAX_VOCAB}")
+        try:
+            return cls(chars, tuple(specials))
+        except ValueError as e:
+            raise UsageError(f"char tokenizer is damaged ({e})") from None
