@@ -38,9 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model.files import atomic_write_bytes, loads_bounded
-from ..model.gpt import GPT, GPTConfig
-from ..tokenizers import from_dict as tokenizer_from_dict
+from ..model.files import atomic_write_bytes
 from .ema import EMA
 from ..model.config import FLAGS as MODEL_FLAGS
 from ..util.errors import UsageError
