@@ -274,13 +274,34 @@ def cmd_eval(args) -> int:
 def cmd_tokenizer(args) -> int:
     from .data.tokenfile import train_bpe_file  # noqa: PLC0415
 
+    from .runner import lock_output  # noqa: PLC0415
+    from .util.files import same_file, stale_temps, writable_folder  # noqa: PLC0415
+
     out = Path(args.output)
+    if same_file(out, args.dataset):  # whatever the flags: the output must never replace the training text
+        raise UsageError(f"output {out} is the dataset (-d {args.dataset}); no flag lets an output replace an input: "
+                         "choose another -o")
+    if out.is_dir():
+        raise UsageError(f"output {out} is a directory; give a file path such as {out / 'tokenizer.json'}")
     if out.exists() and not args.force:
         raise UsageError(f"output {out} already exists; choose another -o or pass --force to overwrite")
     if not out.parent.is_dir():
         raise UsageError(f"output folder {out.parent} does not exist; create it (mkdir -p {out.parent}) or choose another -o")
-    tok = train_bpe_file(args.dataset, args.vocab_size, pattern=args.pattern)  # streamed: the text is never held whole
-    tok.save(out)
+    why = writable_folder(out.parent)  # a read-only folder fails now, not after the tokenizer is trained
+    if why is not None:
+        raise UsageError(f"output folder {out.parent} is not writable ({why}); choose another -o or fix its permissions")
+    lock = lock_output(out)
+    try:
+        for stale in stale_temps(out.parent, {out.name}):  # left by a save that was killed
+            stale.unlink(missing_ok=True)
+        tok = train_bpe_file(args.dataset, args.vocab_size, pattern=args.pattern)  # streamed: the text is never held whole
+        try:
+            tok.save(out)
+        except OSError as e:  # a full disk: the previous file (if any) is intact, the partial temp file goes
+            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+            raise UsageError(f"could not write {out} ({e.strerror or e}); free some disk space, or choose another -o") from None
+    finally:
+        lock.release()
     log.info("Saved a BPE tokenizer with %d tokens to %s", tok.vocab_size, out)
     return 0
 

@@ -15,8 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from .tokenizers.base import BOS, EOS
 from .util.device import resolve_device
 from .train.distributed import Dist, setup, shutdown
 from .util.errors import UsageError
+from .util.files import OutputLock, inside, same_file, stale_temps, writable_folder
 from .util.log import banner, log, summary
 from .model.gpt import GPT, GPTConfig
 from .tokenizers import CharTokenizer, Tokenizer
@@ -68,6 +67,7 @@ class Start:
     state: dict | None = None  # trainstate checkpoint to resume exactly
     source: Path | None = None  # the checkpoint file resumed
     notes: list = field(default_factory=list)  # lines to log once the banner is out
+    warnings: list = field(default_factory=list)  # ... and warnings (a damaged checkpoint skipped)
     replace: list = field(default_factory=list)  # checkpoints of another run in our folder, replaced by ours
 
 
@@ -86,10 +86,34 @@ def _resume_folder(job: TrainJob, out: Path) -> Path | None:
     return p if p.is_dir() else p.parent
 
 
+def _inputs(job: TrainJob, dataset: Path) -> list[tuple[str, str, Path]]:
+    """(what, flag, path) of every file the run reads, which none of its outputs may be."""
+    found = [("the dataset", "-d", dataset)]
+    if job.init_model is not None:
+        found.append(("the model", "-m", Path(job.init_model)))
+    if job.resume not in (None, "auto"):
+        found.append(("the checkpoint", "--resume", Path(job.resume)))
+    return found
+
+
+def _check_not_inputs(job: TrainJob, out: Path, dataset: Path) -> None:
+    """No output of the run may be one of its inputs, whatever the flags: a resolved path or an
+    inode in common (a symlink or hard link) is refused. The one exception is -m X -o X, which
+    continues model X: it is read whole before anything is written, and then replaced atomically."""
+    ckpts = checkpoint_dir(out)
+    for what, flag, path in _inputs(job, dataset):
+        for written, role in ((out, f"output {out} is"), (last_path(out), f"the latest weights of -o {out} go to {last_path(out)}, which is")):
+            if same_file(written, path) and not (flag == "-m" and written == out):
+                raise UsageError(f"{role} {what} ({flag} {path}); no flag lets an output replace an input of the run: choose another -o")
+        if inside(path, ckpts) and flag != "--resume":
+            raise UsageError(f"{what} ({flag} {path}) lies in {ckpts}, where the checkpoints of -o {out} go; move it or choose another -o")
+
+
 def resolve_output(job: TrainJob, dataset: Path) -> Path:
-    """The output path, checked so that nothing of the user's is overwritten by accident: an
-    existing output is replaced only with --force, by continuing that same model (-m X -o X), or
-    by resuming the run that wrote it (--resume with its checkpoints beside it)."""
+    """The output path, checked so that nothing of the user's is overwritten by accident: no
+    output (the model, its .last sibling, the checkpoint folder) may be an input of the run, and
+    an existing output is replaced only with --force, by continuing that same model (-m X -o X),
+    or by resuming the run that wrote it (--resume with its checkpoints beside it)."""
     out = Path("models") / f"{dataset.stem}.model" if job.output is None else Path(job.output)
     if out.is_dir():
         raise UsageError(f"output {out} is a directory; give a file path such as {out / 'model.model'}")
@@ -100,19 +124,53 @@ def resolve_output(job: TrainJob, dataset: Path) -> Path:
     ckpts = checkpoint_dir(out)
     if ckpts.exists() and not ckpts.is_dir():
         raise UsageError(f"{ckpts} is a file, but the checkpoints of {out} go in a folder of that name; move it or choose another -o")
+    _check_not_inputs(job, out, dataset)
     same_as_init = job.init_model is not None and out.resolve() == Path(job.init_model).resolve()
     own_run = _resume_folder(job, out) is not None and _resume_folder(job, out).resolve() == ckpts.resolve()
     if out.exists() and not (job.force or same_as_init or own_run):
         raise UsageError(f"output {out} already exists; choose another -o, delete it, pass --force to overwrite, "
                          f"or continue training it with -m {out} -o {out}")
-    if out.parent.is_dir():
-        try:  # a read-only or foreign folder fails here, not after the first hour of training
-            fd, probe = tempfile.mkstemp(prefix=".tinylm-write-test", dir=out.parent)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            raise UsageError(f"output folder {out.parent} is not writable ({e.strerror}); choose another -o or fix its permissions") from None
+    last = last_path(out)
+    if last.is_dir():
+        raise UsageError(f"{last} is a directory, but the latest weights of -o {out} go in a file of that name; move it or choose another -o")
+    if (last.exists() or last.is_symlink()) and not (job.force or same_as_init or own_run):
+        raise UsageError(f"{last} already exists, and the latest weights of -o {out} would replace it; choose another -o, "
+                         "delete it, or pass --force to overwrite")
+    if out.parent.is_dir():  # a read-only or foreign folder fails here, not after the first hour of training
+        why = writable_folder(out.parent)
+        if why is not None:
+            raise UsageError(f"output folder {out.parent} is not writable ({why}); choose another -o or fix its permissions")
     return out
+
+
+def lock_output(out: Path) -> OutputLock:
+    """Take the output's lock for the whole run, so two runs never write one model: a second run
+    stops at once with one line naming the process that holds it."""
+    lock = OutputLock(out)
+    try:
+        holder = lock.acquire()
+    except OSError as e:
+        raise UsageError(f"cannot create the lock file {lock.path} ({e.strerror or e}); fix the folder's permissions "
+                         "or choose another -o") from None
+    if holder is not None:
+        raise UsageError(f"output {out} is being written by another tinylm run (process {holder}); wait for it to end, "
+                         "or choose another -o")
+    return lock
+
+
+def remove_stale_temps(out: Path) -> list[str]:
+    """Remove the temp files a killed save left beside the outputs and in the checkpoint folder
+    (their process is gone; a live one's are left alone). Returns a note per file removed."""
+    names = {out.name, last_path(out).name}
+    found = stale_temps(out.parent, names) + stale_temps(checkpoint_dir(out))
+    notes = []
+    for path in found:
+        try:
+            path.unlink()
+            notes.append(f"Removed {path}, a temp file left by a save that was killed")
+        except OSError:
+            pass
+    return notes
 
 
 def build_tokenizer(job: TrainJob, source: str | TextInfo) -> Tokenizer:
@@ -160,23 +218,33 @@ def _checkpoint_start(path: Path, state: dict) -> Start:
     return Start(model, tokenizer_from_dict(json.loads(state["tokenizer"])), state, path)
 
 
-def _find_resume(job: TrainJob, out: Path) -> tuple[Path, dict]:
-    """The checkpoint --resume names: a file, or the newest loadable one in a folder."""
+def _skipped(problems: list[str], used: str) -> list[str]:
+    """A warning for each newer checkpoint that did not load, saying which, why, and what is used:
+    e.g. "Skipped a checkpoint that does not load: checkpoint X is damaged or not a tinylm
+    checkpoint (a truncated or corrupt archive); resuming from checkpoint Y instead"."""
+    return [f"Skipped a checkpoint that does not load: {problem.replace('; resume from an earlier one', '')}; {used} instead"
+            for problem in problems]
+
+
+def _find_resume(job: TrainJob, out: Path) -> tuple[Path, dict, list[str]]:
+    """The checkpoint --resume names: a file, or the newest loadable one in a folder; and a
+    warning for every newer one skipped because it does not load."""
     if job.resume not in (None, "auto") and not Path(job.resume).is_dir():
-        return Path(job.resume), load_checkpoint(job.resume)
+        return Path(job.resume), load_checkpoint(job.resume), []
     folder = _resume_folder(job, out)
     found, problems = latest_usable(folder)
     if found is None:
         why = f" ({problems[0]})" if problems else "" if folder.is_dir() else " (the folder does not exist)"
         raise UsageError(f"no checkpoint to resume in {folder}{why}; check -o (checkpoints live in <output>.ckpt), "
                          "or train without --resume to start a new run")
-    return found
+    return found[0], found[1], _skipped(problems, f"resuming from checkpoint {found[0]}")
 
 
 def _resume(job: TrainJob, out: Path, data_sha: str, world: int) -> Start:
     """tinylm train --resume: the checkpoint must fit the data and flags, unless --ignore-mismatch."""
-    path, state = _find_resume(job, out)
+    path, state, skipped = _find_resume(job, out)
     start = _checkpoint_start(path, state)
+    start.warnings += skipped
     now_model = GPTConfig(**{**job.model, "vocab_size": start.tokenizer.vocab_size}).to_dict()
     diffs = mismatches(state, asdict(job.train), now_model, data_sha, world=world)
     if diffs and not job.ignore_mismatch:
@@ -199,9 +267,12 @@ def _resume_or_continue(job: TrainJob, data_sha: str, world: int) -> Start:
         if diffs:
             raise UsageError(f"{init} does not exist, and its checkpoint {path} does not fit this run ({'; '.join(diffs)}); "
                              "give the data and settings it was trained with, or drop -m to train a new model")
-        return _checkpoint_start(path, state)
+        start = _checkpoint_start(path, state)
+        start.warnings += _skipped(problems, f"resuming from checkpoint {path}")
+        return start
     loaded = load_model(init)
-    start = Start(loaded.model, loaded.tokenizer, notes=[f"Skipping {p}" for p in problems])
+    start = Start(loaded.model, loaded.tokenizer, warnings=_skipped(problems, f"continuing from the weights of {init}" if found is None
+                                                                         else f"trying checkpoint {found[0]}"))
     if found is None:
         start.notes.append(f"No checkpoint for {init}; continuing from its weights ({loaded.meta.get('steps', 0)} steps so far)")
         return start
@@ -211,7 +282,9 @@ def _resume_or_continue(job: TrainJob, data_sha: str, world: int) -> Start:
     if diffs:
         start.notes.append(f"Checkpoint {path} does not fit this run ({'; '.join(diffs)}); continuing from the weights of {init}")
         return start
-    return _checkpoint_start(path, state)
+    resumed = _checkpoint_start(path, state)
+    resumed.warnings += start.warnings
+    return resumed
 
 
 def _earlier_checkpoints(job: TrainJob, out: Path, start: Start) -> list[Path]:
@@ -282,6 +355,18 @@ def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
         source = info = scan_text(dataset)
         data_sha, nbytes = info.sha256, info.nbytes
     out = resolve_output(job, dataset)
+    main = dist is None or dist.main  # the process that writes files, and so takes the output's lock
+    with contextlib.ExitStack() as held:
+        if main:
+            out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
+            held.callback(lock_output(out).release)
+        return _train_locked(job, dist, dataset, out, source, data_sha, nbytes, text if job.qa else None)
+
+
+def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, source: str | TextInfo, data_sha: str,
+                  nbytes: int, text: str | None) -> TrainResult:
+    """The run once its output is checked and locked: the starting point, the loop, the summary."""
+    info = source
     device = resolve_device(job.train.device) if dist is None else dist.device
     if job.train.cuda_graph and device.type != "cuda":
         raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
@@ -301,14 +386,15 @@ def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
     if dist is not None:  # text too short to give every process a batch: say so before the first log line
         ChunkBatches(split.train, T, job.train.batch_size, rank=dist.rank, world=dist.world)
 
-    if dist is None or dist.main:
-        out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
+    removed = remove_stale_temps(out) if dist is None or dist.main else []
     where = device.type if dist is None else f"{device.type}, {world} process{'es' if world > 1 else ''} (torchrun, data parallel)"
     banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", where)])
     log.info("Loading dataset...")
     log.info("Done, loaded %d bytes (%.2f MB)", nbytes, nbytes / 2**20)
-    for note in start.notes:
+    for note in removed + start.notes:
         log.info("%s", note)
+    for warning in start.warnings:
+        log.warning("%s", warning)
     summary("Dataset", [("vocabulary size", tokenizer.vocab_size), ("chunks", (len(split.train) - 1) // T),
                         ("chunk size", T), ("training tokens", len(split.train)), ("validation tokens", len(split.val))])
     log_model(model)
@@ -331,5 +417,17 @@ def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
     how = "Interrupted" if res.interrupted else "Training done"
     val = f", best validation loss {res.best_val:.4f} (perplexity {math.exp(min(res.best_val, 50)):.2f})" if res.best_val < math.inf else ""
     log.info("%s after %d steps in %.1f s%s", how, res.steps, res.elapsed, val)
-    log.info("Saved the model to %s (best by validation) and the latest weights to %s", out, last_path(out))
+    _say_saved(trainer, out)
     return res
+
+
+def _say_saved(trainer: Trainer, out: Path) -> None:
+    """Log what was saved, and only that; a run that ends with no model to save is an error."""
+    last = last_path(out)
+    if not trainer.saved_out:
+        raise UsageError(f"training ended with no model to save (the weights hold NaN/inf values at step {trainer.result.steps}), "
+                         f"so {out} was not written; try a lower --lr (now {trainer.cfg.lr:g}), a longer --warmup or --grad-clip 1")
+    if last in trainer.saved_paths:
+        log.info("Saved the model to %s (best by validation) and the latest weights to %s", out, last)
+    else:
+        log.info("Saved the model to %s (best by validation); the latest weights were not saved (they hold NaN/inf values)", out)

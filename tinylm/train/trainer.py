@@ -149,7 +149,8 @@ class Trainer:
         self.plateau = PlateauState(lr=cfg.lr)
         self.warmup_progress = 0.0
         self.result = TrainResult()
-        self.saved_out = False
+        self.saved_out = False  # whether `out` holds this run's model (kept across a resume)
+        self.saved_paths: set[Path] = set()  # the files this process's run has saved (or, not process 0, would have)
         self.saver = BackgroundSaver()
         # Where the run is, all of it saved in a checkpoint (trainstate.trainer_state): the epoch,
         # the optimizer steps done in it, and its running loss (for the plateau schedule). The
@@ -340,6 +341,7 @@ class Trainer:
             return
         if path == self.out:
             self.saved_out = True
+        self.saved_paths.add(path)
         if not self.main:  # the weights are the same in every process: process 0 writes them
             return
         res = self.result
