@@ -44,7 +44,6 @@ from ..model.config import FLAGS as MODEL_FLAGS
 from ..util.errors import UsageError
 from .config import FLAGS as TRAIN_FLAGS
 from ..util.log import log
-from .schedule import PlateauState
 from .state_checks import _bad_checkpoint, check_resumable  # noqa: F401 - re-exported
 
 FORMAT = "tinylm-train-state-1"
@@ -134,11 +133,7 @@ def trainer_state(t, val_loss: float | None = None, rng_ranks: list | None = Non
         "model": _cpu(t.model.state_dict()),
         "optimizer": _cpu(t.opt.state_dict()),
         "ema": t.ema.state_dict() if t.ema is not None else None,
-        "loop": {"epoch": t.epoch, "pos": t.pos, "epoch_loss": _cpu(t.epoch_loss), "epoch_ok": _cpu(t.epoch_ok),
-                 "lr": t.lr, "skipped": int(t.skipped), "elapsed": t.elapsed(), "saved_out": t.saved_out,
-                 "best_ckpt_val": t.best_ckpt_val},
-        "schedule": {"plateau": asdict(t.plateau), "warmup_progress": t.warmup_progress, "lr_scale": t.lr_scale,
-                     "rollbacks": t.rollbacks},
+        **_cpu(t.loop_state()),  # "loop" and "schedule": the Trainer's own counters
         "result": {"steps": res.steps, "epochs_done": res.epochs_done, "tokens": res.tokens, "best_val": res.best_val,
                    "last_val": res.last_val, "history": [tuple(h) for h in res.history]},
         "rng": rng_state(),
@@ -175,15 +170,8 @@ def restore_trainer(t, s: dict) -> None:
     _load_optimizer(t.opt, s["optimizer"], in_place=t.graphed is not None)
     if t.ema is not None:  # a checkpoint from a run without --ema starts the average here
         t.ema.load_state_dict(s.get("ema") or EMA(t.model.parameters(), t.ema.decay).state_dict())
-    loop, sched, res = s["loop"], s["schedule"], t.result
-    t.epoch, t.pos, t.lr, t.saved_out = loop["epoch"], loop["pos"], loop["lr"], loop["saved_out"]
-    t.epoch_loss.copy_(loop["epoch_loss"])
-    t.epoch_ok.copy_(loop["epoch_ok"])
-    t.skipped.fill_(loop["skipped"])
-    t.skips_logged = loop["skipped"]
-    t.elapsed_before, t.best_ckpt_val = loop["elapsed"], loop["best_ckpt_val"]
-    t.plateau, t.warmup_progress = PlateauState(**sched["plateau"]), sched["warmup_progress"]
-    t.lr_scale, t.rollbacks = sched["lr_scale"], sched["rollbacks"]
+    res = t.result
+    t.load_loop_state(s["loop"], s["schedule"])
     for k, v in s["result"].items():
         setattr(res, k, [tuple(h) for h in v] if k == "history" else v)
     t.reset_position()

@@ -177,6 +177,26 @@ class Trainer:
         return scheduled_lr(cfg.schedule, step, progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, self.warmup_progress,
                             self.plateau)
 
+    def loop_state(self) -> dict:
+        """Where the loop is, for a checkpoint (train/state.py stores it; load_loop_state reads it
+        back): {"loop": counters of the epoch and the run, "schedule": the learning rate's state}."""
+        return {"loop": {"epoch": self.epoch, "pos": self.pos, "epoch_loss": self.epoch_loss, "epoch_ok": self.epoch_ok,
+                         "lr": self.lr, "skipped": int(self.skipped), "elapsed": self.elapsed(),
+                         "saved_out": self.saved_out, "best_ckpt_val": self.best_ckpt_val},
+                "schedule": {"plateau": asdict(self.plateau), "warmup_progress": self.warmup_progress,
+                             "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}}
+
+    def load_loop_state(self, loop: dict, sched: dict) -> None:
+        """The inverse of loop_state (device counters copied in place: a recorded graph reads them)."""
+        self.epoch, self.pos, self.lr, self.saved_out = loop["epoch"], loop["pos"], loop["lr"], loop["saved_out"]
+        self.epoch_loss.copy_(loop["epoch_loss"])
+        self.epoch_ok.copy_(loop["epoch_ok"])
+        self.skipped.fill_(loop["skipped"])
+        self.skips_logged = loop["skipped"]
+        self.elapsed_before, self.best_ckpt_val = loop["elapsed"], loop["best_ckpt_val"]
+        self.plateau, self.warmup_progress = PlateauState(**sched["plateau"]), sched["warmup_progress"]
+        self.lr_scale, self.rollbacks = sched["lr_scale"], sched["rollbacks"]
+
     def elapsed(self) -> float:
         """Training seconds so far, those before a resume included."""
         return self.elapsed_before + time.time() - self.t0
