@@ -355,17 +355,24 @@ def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
         source = info = scan_text(dataset)
         data_sha, nbytes = info.sha256, info.nbytes
     out = resolve_output(job, dataset)
-    main = dist is None or dist.main  # the process that writes files, and so takes the output's lock
     with contextlib.ExitStack() as held:
-        if main:
-            out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
-            held.callback(lock_output(out).release)
-        return _train_locked(job, dist, dataset, out, source, data_sha, nbytes, text if job.qa else None)
+        locked = []
+
+        def lock() -> None:  # only the process that writes files takes the output's lock, once
+            if (dist is None or dist.main) and not locked:
+                out.parent.mkdir(parents=True, exist_ok=True)  # only the default models/ can be missing here
+                held.callback(lock_output(out).release)
+                locked.append(True)
+
+        if out.parent.is_dir():  # else (the default models/) once every check has passed, so a mistake creates nothing
+            lock()
+        return _train_locked(job, dist, dataset, out, source, data_sha, nbytes, text if job.qa else None, lock)
 
 
 def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, source: str | TextInfo, data_sha: str,
-                  nbytes: int, text: str | None) -> TrainResult:
-    """The run once its output is checked and locked: the starting point, the loop, the summary."""
+                  nbytes: int, text: str | None, lock) -> TrainResult:
+    """The run once its output is checked and locked (`lock()` takes the lock if that could not
+    be done before): the starting point, the loop, the summary."""
     info = source
     device = resolve_device(job.train.device) if dist is None else dist.device
     if job.train.cuda_graph and device.type != "cuda":
@@ -386,6 +393,7 @@ def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, so
     if dist is not None:  # text too short to give every process a batch: say so before the first log line
         ChunkBatches(split.train, T, job.train.batch_size, rank=dist.rank, world=dist.world)
 
+    lock()
     removed = remove_stale_temps(out) if dist is None or dist.main else []
     where = device.type if dist is None else f"{device.type}, {world} process{'es' if world > 1 else ''} (torchrun, data parallel)"
     banner("TRAINING MODE", [("Dataset", dataset), ("Output", out), ("Device", where)])
