@@ -35,6 +35,7 @@ from .util.log import banner, log, summary
 from .model.gpt import GPT, GPTConfig
 from .tokenizers import CharTokenizer, Tokenizer
 from .tokenizers import from_dict as tokenizer_from_dict
+from .train.config import check_device
 from .train.trainer import Trainer, TrainConfig, TrainResult, seed_everything
 from .train.state import (BEST, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
                          restore_trainer, text_sha256, tokenizer_sha256)
@@ -375,8 +376,7 @@ def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, so
     be done before): the starting point, the loop, the summary."""
     info = source
     device = resolve_device(job.train.device) if dist is None else dist.device
-    if job.train.cuda_graph and device.type != "cuda":
-        raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
+    check_device(job.train, device)
     world = 1 if dist is None else dist.world
     seed_everything(job.train.seed)
     start = _starting_point(job, source, out, data_sha, world)

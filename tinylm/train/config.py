@@ -22,6 +22,13 @@ FLAGS = {f: _RENAMED.get(f, (f, "--" + f.replace("_", "-"))) for f in (
     "keep_checkpoints")}
 
 
+def check_device(cfg: "TrainConfig", device) -> None:
+    """The settings that depend on where training runs, checked once the device is known (the
+    runner calls this before reading the data, the Trainer for Python callers)."""
+    if cfg.cuda_graph and device.type != "cuda":
+        raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 0  # 0 = no epoch limit

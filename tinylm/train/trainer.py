@@ -41,7 +41,7 @@ from .schedule import PlateauState, plateau_update, scheduled_lr
 from ..kernels.select import training_kernels
 from .step import evaluate, plain_head_loss, train_step, training_forward
 from ..tokenizers import Tokenizer
-from .config import COMPILE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig  # noqa: F401 - re-exported
+from .config import COMPILE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig, check_device  # noqa: F401 - re-exported
 
 @dataclass
 class TrainResult:
@@ -132,9 +132,8 @@ class Trainer:
                 self.fwd = torch.compile(self.fwd, dynamic=False)
         self.ema = EMA(self.model.parameters(), cfg.ema) if cfg.ema else None
         self.graphed = None
+        check_device(cfg, self.device)
         if cfg.cuda_graph:  # the whole step (compiled forward or eager) recorded once, replayed
-            if self.device.type != "cuda":
-                raise UsageError("--cuda-graph needs a CUDA device; drop it to train on the CPU")
             from .graph_step import GraphedStep  # noqa: PLC0415
 
             self.graphed = GraphedStep(self.model, param_groups(self.model, cfg), cfg, self.dtype, (cfg.batch_size, T),
