@@ -309,3 +309,18 @@ def test_header_nesting_is_bounded(tmp_path):
     p = tmp_path / "deep.model"
     p.write_bytes(struct.pack("<Q", len(header)) + header)
     refused(p, "unreadable header")
+
+
+def test_resume_naming_a_damaged_checkpoint_file_is_one_line(two_checkpoints, tmp_path):
+    # --resume FILE reads exactly that checkpoint: a damaged one is refused, not a KeyError traceback
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    bad = tmp_path / "bad.ckpt"
+    state = trainstate.load_checkpoint(two_checkpoints / trainstate.step_file(4))
+    state["loop"].pop("epoch")
+    torch.save(state, bad)
+    before = bad.read_bytes()
+    rc, out, err = run_cli(["train", "-d", "corpus.txt", "-o", "m.model", "--device", "cpu", "--steps", "6",
+                            "--resume", str(bad), "--ignore-mismatch"], tmp_path)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "loop.epoch is missing" in lines[0], err
+    assert "Traceback" not in err and bad.read_bytes() == before

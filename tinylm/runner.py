@@ -37,7 +37,7 @@ from .tokenizers import CharTokenizer, Tokenizer
 from .tokenizers import from_dict as tokenizer_from_dict
 from .train.config import check_device
 from .train.trainer import Trainer, TrainConfig, TrainResult, seed_everything
-from .train.state import (BEST, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
+from .train.state import (BEST, check_resumable, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
                          restore_trainer, text_sha256, tokenizer_sha256)
 
 TOKENIZERS = ("char", "bpe", "gpt2")
@@ -231,7 +231,9 @@ def _find_resume(job: TrainJob, out: Path) -> tuple[Path, dict, list[str]]:
     """The checkpoint --resume names: a file, or the newest loadable one in a folder; and a
     warning for every newer one skipped because it does not load."""
     if job.resume not in (None, "auto") and not Path(job.resume).is_dir():
-        return Path(job.resume), load_checkpoint(job.resume), []
+        state = load_checkpoint(job.resume)
+        check_resumable(job.resume, state)  # every nested field the resume will read
+        return Path(job.resume), state, []
     folder = _resume_folder(job, out)
     found, problems = latest_usable(folder)
     if found is None:
