@@ -209,7 +209,9 @@ def _check_output_name(output: str | None) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
         return  # the folder checks of the run report a missing folder
-    longest = len(os.fsencode(f".{out.name}.tmp{os.getpid()}")) + len(".last.model")  # a temp file of the .last sibling
+    # the longest name written: a temp file of the .last sibling (pids have at most 7 digits on Linux),
+    # counted for the largest pid so that the limit does not depend on the process
+    longest = len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model")
     if longest > limit:
         raise UsageError(f"output name {out.name[:40]}... is {len(os.fsencode(out.name))} bytes: with the suffixes tinylm adds "
                          f"(.last.model, .ckpt, temp files) it passes the file system's limit of {limit} bytes per name; "
