@@ -63,7 +63,7 @@ def infer(args, device: str) -> int:
     from tinylm.util.errors import UsageError  # noqa: PLC0415
     from tinylm.generate.engine import SamplingConfig  # noqa: PLC0415
     from tinylm.util.log import banner, log, summary  # noqa: PLC0415
-    from tinylm.generate.text import encode_prompt, generate_text  # noqa: PLC0415
+    from tinylm.generate.text import encode_prompt, generate_text, write_out  # noqa: PLC0415
 
     if not args.model or args.prompt is None:
         raise UsageError("inference mode (-i) needs both -m MODEL and -p PROMPT, e.g. python main.py -i -m models/book.model -p \"Once\"")
@@ -77,21 +77,24 @@ def infer(args, device: str) -> int:
                       ("transformers count", c.n_layer), ("ff network size", c.ff_size)])
     log.info("Output:")
     sys.stderr.flush()
-    print("-------------------------------------")
+    write_out(sys.stdout, "-------------------------------------\n")
     generate_text(loaded.model, loaded.tokenizer, args.prompt, SamplingConfig(max_new_tokens=500, temperature=0.8),
                   stream=sys.stdout, echo_prompt=True)
-    sys.stdout.write("\n")
+    write_out(sys.stdout, "\n")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from tinylm.cli import run_guarded  # noqa: PLC0415 - after parsing, so --help stays fast
-    from tinylm.util.log import setup_logging  # noqa: PLC0415
-
+    try:
+        args = build_parser().parse_args(argv)
+        from tinylm.cli import finish, run_guarded  # noqa: PLC0415 - after parsing, so --help stays fast
+        from tinylm.util.log import setup_logging  # noqa: PLC0415
+    except KeyboardInterrupt:  # Ctrl-C while importing, before run_guarded took over
+        print("interrupted", file=sys.stderr)
+        return 130
     setup_logging()
     device = "cpu" if args.cpu else "cuda" if args.gpu else "auto"
-    return run_guarded(train if args.training else infer, args, device)
+    return finish(run_guarded(train if args.training else infer, args, device))
 
 
 if __name__ == "__main__":

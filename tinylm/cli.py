@@ -12,6 +12,7 @@ Every UsageError becomes one line on stderr and exit code 2 (see `main`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -186,16 +187,68 @@ def job_from_args(args: argparse.Namespace):
                     ignore_mismatch=args.ignore_mismatch)
 
 
+SEED_LIMIT = 2**63  # torch.manual_seed takes a 64-bit integer
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be in [0, 2**63 - 1], got {seed}")
+
+
+def _check_output_name(output: str | None) -> None:
+    """A name the file system refuses (too long, once tinylm adds its suffixes) fails now, not
+    after training: e.g. -o with a 250-byte name leaves no room for `.last.model` or a temp file."""
+    if not output:
+        return
+    out = Path(output)
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return  # the folder checks of the run report a missing folder
+    # the longest name written: a temp file of the .last sibling (pids have at most 7 digits on Linux),
+    # counted for the largest pid so that the limit does not depend on the process
+    longest = len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model")
+    if longest > limit:
+        raise UsageError(f"output name {out.name[:40]}... is {len(os.fsencode(out.name))} bytes: with the suffixes tinylm adds "
+                         f"(.last.model, .ckpt, temp files) it passes the file system's limit of {limit} bytes per name; "
+                         "choose a shorter -o")
+
+
 def cmd_train(args) -> int:
     from .runner import run_training  # noqa: PLC0415
 
-    run_training(job_from_args(args))
+    _check_seed(args.seed)
+    _check_output_name(args.output)
+    if args.steps == 0 and args.epochs == 0 and args.time == 0:  # (a preset would quietly add one epoch)
+        raise UsageError("--steps, --epochs and --time are all 0 (no limit), so training would never end; "
+                         "set at least one of them, e.g. --epochs 1")
+    job = job_from_args(args)
+    t = job.train
+    try:
+        run_training(job)
+    except StopIteration:  # an epoch ran out of micro-batches inside one optimizer step
+        raise UsageError(f"one epoch of the training text holds fewer micro-batches than --grad-accum {t.grad_accum}; "
+                         "give more text, or a smaller --grad-accum or --batch-size") from None
     return 0
+
+
+MAX_BEAMS = 1024  # a beam holds a row of logits and a KV cache: wider searches only spend memory
+MAX_NEW_TOKENS = 10_000_000  # the ids of a sample are kept whole on the device
 
 
 def sampling_from_args(args):
     from .generate.engine import SamplingConfig  # noqa: PLC0415
 
+    if args.beams > MAX_BEAMS:
+        raise UsageError(f"--beams must be at most {MAX_BEAMS}, got {args.beams}")
+    if args.tokens > MAX_NEW_TOKENS:
+        raise UsageError(f"--tokens must be at most {MAX_NEW_TOKENS:,}, got {args.tokens}; generate in several runs")
+    for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p),
+                        ("--repetition-penalty", args.repetition_penalty)):
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    _check_seed(args.seed)
     return SamplingConfig(max_new_tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
@@ -207,12 +260,11 @@ def _generation_setup(args):
     from .generate.sampling import check_request  # noqa: PLC0415
     from .model.files import load_model  # noqa: PLC0415
     from .kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
-    from .util.device import resolve_device  # noqa: PLC0415
+    from .util.device import check_threads, resolve_device  # noqa: PLC0415
 
     cfg = sampling_from_args(args)
     check_request(args.beams, getattr(args, "num_samples", 1), args.stop)  # before the model is loaded
-    if args.threads < 0:
-        raise UsageError(f"--threads must be 0 (auto) or positive, got {args.threads}")
+    check_threads(args.threads)
     device = resolve_device(args.device)
     check_kind(args.weights, device)
     loaded = load_model(args.model, device)
@@ -226,18 +278,18 @@ def _generation_setup(args):
 
 
 def cmd_generate(args) -> int:
-    from .generate.text import generate_text, generate_texts  # noqa: PLC0415
+    from .generate.text import generate_text, generate_texts, write_out  # noqa: PLC0415
 
     cfg, loaded = _generation_setup(args)
     opts = dict(stop=args.stop, unknown=args.unknown, decode=args.decode, window=args.window)
     if args.num_samples == 1:
         generate_text(loaded.model, loaded.tokenizer, args.prompt, cfg, beams=args.beams, stream=sys.stdout, echo_prompt=True, **opts)
-        sys.stdout.write("\n")
+        write_out(sys.stdout, "\n")
         return 0
     texts = generate_texts(loaded.model, loaded.tokenizer, args.prompt, cfg, args.num_samples, **opts)
     for i, text in enumerate(texts):
         seed = f" (seed {cfg.seed + i})" if cfg.seed is not None else ""
-        sys.stdout.write(f"--- sample {i + 1}/{len(texts)}{seed} ---\n{args.prompt}{text}\n")
+        write_out(sys.stdout, f"--- sample {i + 1}/{len(texts)}{seed} ---\n{args.prompt}{text}\n")
     return 0
 
 
@@ -254,6 +306,7 @@ def cmd_eval(args) -> int:
     from .model.files import load_model  # noqa: PLC0415
     from .util.device import resolve_device  # noqa: PLC0415
     from .data.tokenfile import scan_text, token_file  # noqa: PLC0415
+    from .generate.text import write_out  # noqa: PLC0415
     from .train.trainer import evaluate  # noqa: PLC0415
 
     if args.batch_size < 1:
@@ -266,8 +319,10 @@ def cmd_eval(args) -> int:
     ids = token_file(args.dataset, loaded.tokenizer, info, unknown="replace")
     if len(ids) < 2:
         raise UsageError(f"dataset {args.dataset} has fewer than 2 tokens; nothing to evaluate")
-    loss = evaluate(loaded.model, ids, loaded.model.cfg.context_size, args.batch_size, device)
-    print(f"tokens: {len(ids) - 1}\nloss: {loss:.4f}\nperplexity: {math.exp(min(loss, 50)):.3f}")
+    T = loaded.model.cfg.context_size
+    batch_size = min(args.batch_size, (len(ids) - 2) // T + 1)  # more windows than the text has would only be padding
+    loss = evaluate(loaded.model, ids, T, batch_size, device)
+    write_out(sys.stdout, f"tokens: {len(ids) - 1}\nloss: {loss:.4f}\nperplexity: {math.exp(min(loss, 50)):.3f}\n")
     return 0
 
 
@@ -346,23 +401,61 @@ def _say(text: str) -> None:
     if rank:
         time.sleep(3)
         text = f"[process {rank}] {text}"
-    print(text, file=sys.stderr)
+    # subtle: a path with a newline in it (or a stray one in a message) must not split the line
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError, UnicodeError):
+        pass  # stderr is gone or cannot take the text: the exit code still tells
+
+
+OOM_HINT = "use a smaller --batch-size (with --grad-accum), --beams, --tokens or --num-samples, or a smaller model/--context"
+
+
+def _is_cpu_oom(e: BaseException) -> bool:
+    """A failed host allocation: MemoryError (numpy's too), or PyTorch's allocator RuntimeError."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in ("can't allocate memory", "Cannot allocate memory",
+                                                                    "not enough memory", "out of memory"))
 
 
 def run_guarded(fn, *args) -> int:
-    """Run an entry point: UsageError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
+    """Run an entry point: UsageError -> one line on stderr, exit 2; running out of memory ->
+    one line suggesting a smaller setting, exit 2; a closed or full stdout -> exit 2; Ctrl-C -> 130."""
     try:
         return fn(*args)
     except UsageError as e:
         _say(f"error: {e}")
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print("\ninterrupted", file=sys.stderr)  # after a blank line: a sample may have been mid-line
         return 130
-    except _oom_types() as e:
-        _say(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); use a smaller --batch-size with --grad-accum, "
-             "or a smaller model/--context")
+    except BrokenPipeError:  # e.g. `tinylm generate ... | head -c 5`: the reader has gone
+        _silence_stdout()
+        _say("error: the output pipe was closed before generation ended; nothing is wrong with the model")
         return 2
+    except _oom_types() as e:
+        _say(f"error: out of GPU memory ({str(e).splitlines()[0][:120]}); {OOM_HINT}")
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _is_cpu_oom(e):
+            raise
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        why = why[why.find("DefaultCPUAllocator"):] if "DefaultCPUAllocator" in why else why
+        _say(f"error: out of memory ({why[:120] or type(e).__name__}); {OOM_HINT}")
+        return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of a closed pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _oom_types():
@@ -374,10 +467,28 @@ def _oom_types():
         return ()
 
 
+def finish(rc: int) -> int:
+    """Flush stdout before exit, so a full or closed stdout is one line too, not a message from
+    the interpreter's shutdown."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as e:
+        _silence_stdout()
+        _say(f"error: cannot write to standard output ({e.strerror or e}); send it to a file with room or a terminal")
+        return 2
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    return run_guarded(COMMANDS[args.command], args)
+    try:
+        setup_logging()
+        args = build_parser().parse_args(argv)
+        return finish(run_guarded(COMMANDS[args.command], args))
+    except KeyboardInterrupt:  # Ctrl-C while parsing or importing, before run_guarded took over
+        _say("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ knows nothing about models.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,22 +21,37 @@ import torch
 from ..util.errors import UsageError
 
 
+def check_regular_file(p: Path, what: str, flag: str) -> int:
+    """The size of `p`, a regular file; else a UsageError. A FIFO, /dev/fd/N of a process
+    substitution or a device (/dev/zero) could block, be read only once, or never end."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {p} does not exist; check the path given to {flag}") from None
+    except OSError as e:
+        raise UsageError(f"{what} {p} cannot be opened ({e.strerror or e}); check the path given to {flag}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {p} is a directory; pass a {'text' if what == 'dataset' else 'regular'} file to {flag}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a pipe (FIFO or process substitution)" if stat.S_ISFIFO(st.st_mode) else
+                "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket or other special file")
+        raise UsageError(f"{what} {p} is {kind}, not a regular file; save it to a file first and pass that to {flag}")
+    return st.st_size
+
+
 def read_text(path: str | os.PathLike, flag: str = "-d/--dataset") -> str:
     """Read a UTF-8 text file, turning every way it can be unusable into a UsageError."""
     p = Path(path)
-    if not p.exists():
-        raise UsageError(f"dataset {p} does not exist; check the path given to {flag}")
-    if p.is_dir():
-        raise UsageError(f"dataset {p} is a directory; pass a text file to {flag}")
+    check_regular_file(p, "dataset", flag)
     try:
         data = p.read_bytes()
     except PermissionError:
         raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
     except OSError as e:
-        raise UsageError(f"dataset {p} cannot be read ({e.strerror}); check the file") from None
+        raise UsageError(f"dataset {p} cannot be read ({e.strerror or e}); check the file") from None
     if not data.strip():
         raise UsageError(f"dataset {p} is empty; give a text file with some text in it")
-    if b"\x00" in data[:1 << 20]:
+    if b"\x00" in data:  # anywhere: a NUL past the first MiB is as binary as one before it
         raise UsageError(f"dataset {p} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
     try:
         return data.decode("utf-8")

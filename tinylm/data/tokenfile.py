@@ -41,9 +41,10 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 
+from .batches import check_regular_file
 from .corpus import cache_dir
 from ..util.errors import UsageError
-from ..util.log import ByteBar
+from ..util.log import ByteBar, log
 from ..tokenizers import DEFAULT_SPECIALS, UNK, CharTokenizer, Tokenizer
 
 FORMAT_VERSION = 1  # bump when the .bin layout or the key changes: old files are then ignored
@@ -85,6 +86,8 @@ class _TextReader:
                 if self.nbytes < NUL_WINDOW and b"\x00" in raw[:NUL_WINDOW - self.nbytes]:
                     self._binary()
                 text = self._decode(decoder, raw, final=False)
+                if b"\x00" in raw:  # past the first MiB (valid UTF-8 up to here): binary all the same
+                    self._binary()
                 self.hash.update(raw)
                 self.nbytes += len(raw)
                 self.blank = self.blank and not raw.strip()
@@ -95,10 +98,7 @@ class _TextReader:
 
     def _open(self) -> BinaryIO:
         p, flag = self.path, self.flag
-        if not p.exists():
-            raise UsageError(f"dataset {p} does not exist; check the path given to {flag}")
-        if p.is_dir():
-            raise UsageError(f"dataset {p} is a directory; pass a text file to {flag}")
+        check_regular_file(p, "dataset", flag)  # a FIFO would block here, and could be read only once
         try:
             return open(p, "rb")  # noqa: SIM115 - closed by blocks()
         except OSError as e:
@@ -114,7 +114,7 @@ class _TextReader:
         p = self.path
         if isinstance(e, PermissionError):
             raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
-        raise UsageError(f"dataset {p} cannot be read ({e.strerror}); check the file") from None
+        raise UsageError(f"dataset {p} cannot be read ({e.strerror or e}); check the file") from None
 
     def _binary(self) -> NoReturn:
         raise UsageError(f"dataset {self.path} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
@@ -184,11 +184,23 @@ def token_file(path: str | os.PathLike, tokenizer: Tokenizer, info: TextInfo | N
     key = cache_key(info, tokenizer, replace)
     bin_path = cache_dir() / "tokens" / f"{key}.bin"
     count = _cached_count(bin_path, dtype)
+    if count and not _ids_in_range(bin_path, dtype, count, tokenizer.vocab_size):
+        log.warning("the token cache %s holds ids past the vocabulary of %d (damaged); tokenizing the text again",
+                    bin_path, tokenizer.vocab_size)
+        count = None
     if count is None:
         count = _write_token_file(Path(path), tokenizer, info, bin_path, dtype, progress, replace)
     if count == 0:  # unreachable for text read_text accepts; np.memmap cannot map 0 bytes
         return np.zeros(0, dtype=dtype)
     return np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _ids_in_range(bin_path: Path, dtype: np.dtype, count: int, vocab_size: int) -> bool:
+    """Whether every id of a cached token file is below vocab_size: a damaged cache must not reach
+    the embedding (IndexError). One pass over the file in blocks of about 64 MB."""
+    ids = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    step = 1 << 25
+    return all(int(ids[lo:lo + step].max()) < vocab_size for lo in range(0, count, step))
 
 
 def _has_unknown(info: TextInfo, tokenizer: Tokenizer) -> bool:
@@ -238,7 +250,7 @@ def _write_token_file(path: Path, tokenizer: Tokenizer, info: TextInfo, bin_path
         side_tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         os.replace(side_tmp, bin_path.with_suffix(".json"))
     except OSError as e:
-        raise UsageError(f"cannot write the token file {bin_path} ({e.strerror}); free some disk space, "
+        raise UsageError(f"cannot write the token file {bin_path} ({e.strerror or e}); free some disk space, "
                          "or set TINYLM_CACHE to a folder with room") from None
     finally:
         bar.close()

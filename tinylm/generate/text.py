@@ -96,6 +96,28 @@ class TextStream:
         return 0
 
 
+def write_out(stream: TextIO, text: str) -> None:
+    """Write and flush `text`, whatever the stream can take: characters its encoding lacks (e.g.
+    PYTHONIOENCODING=ascii) become "?", and a full disk or device (stdout on /dev/full) is a
+    UsageError. A closed pipe stays a BrokenPipeError: the CLI ends quietly on it."""
+    encoding = getattr(stream, "encoding", None)
+    if encoding:
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:
+            text = text.encode(encoding, errors="replace").decode(encoding)
+        except LookupError:
+            pass
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise UsageError(f"cannot write the generated text to {getattr(stream, 'name', 'the output')} "
+                         f"({e.strerror or e}); send it to a file with room, or a terminal") from None
+
+
 def finish_text(tokenizer, ids: list[int], eos_id: int | None, stops: Sequence[str]) -> str:
     """A sample's generated ids -> its text: up to its EOS, cut before the first stop string."""
     if eos_id is not None and eos_id in ids:
@@ -154,13 +176,11 @@ def generate_text(model, tokenizer, prompt: str, cfg: SamplingConfig, beams: int
     if beams == 1 and engine is None:  # built before echoing: it checks --decode and --window
         engine = Engine(model, 1, tokenizer.vocab_size, cfg, tokenizer.eos_id, decode=decode, window=window)
     if stream is not None and echo_prompt:
-        stream.write(prompt)
-        stream.flush()
+        write_out(stream, prompt)
 
     def emit(piece: str) -> None:
         if stream is not None:
-            stream.write(piece)
-            stream.flush()
+            write_out(stream, piece)
         if on_text is not None:
             on_text(piece)
 

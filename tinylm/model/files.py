@@ -156,6 +156,8 @@ def _read_header(path) -> tuple[Path, bytes, dict, dict[str, str]]:
         raise UsageError(f"model file {p} does not exist; check the -m path")
     if p.is_dir():
         raise UsageError(f"model path {p} is a directory; pass the .model file itself to -m")
+    if not p.is_file():  # a FIFO, /dev/zero, /dev/fd/N: it could block or never end
+        raise UsageError(f"model file {p} is not a regular file (a pipe or device); save the model to a file and pass that to -m")
     try:
         data = p.read_bytes()
     except OSError as e:

@@ -23,6 +23,18 @@ def resolve_device(choice: str = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+MAX_THREADS_PER_CORE = 4  # more threads than this only wait on each other; far more crash the OpenMP runtime
+
+
+def check_threads(threads: int) -> None:
+    """--threads: 0 (auto) or 1 .. MAX_THREADS_PER_CORE x the cores here (100000 made OpenMP segfault)."""
+    limit = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+    if threads < 0:
+        raise UsageError(f"--threads must be 0 (auto) or positive, got {threads}")
+    if threads > limit:
+        raise UsageError(f"--threads must be at most {limit} ({MAX_THREADS_PER_CORE} per core of this machine), got {threads}")
+
+
 def configure(device: torch.device) -> None:
     """Global speed settings: TF32 matmuls on CUDA; all cores on CPU."""
     if device.type == "cuda":
