@@ -39,25 +39,43 @@ def check_regular_file(p: Path, what: str, flag: str) -> int:
     return st.st_size
 
 
+# The ways a dataset can be unreadable, worded once: read_text here and tokenfile.py's streaming
+# reader raise the same errors for the same file.
+def unreadable(p: Path, e: OSError) -> UsageError:
+    if isinstance(e, PermissionError):
+        return UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it")
+    return UsageError(f"dataset {p} cannot be read ({e.strerror or e}); check the file")
+
+
+def empty_text(p: Path) -> UsageError:
+    return UsageError(f"dataset {p} is empty; give a text file with some text in it")
+
+
+def binary_text(p: Path) -> UsageError:
+    return UsageError(f"dataset {p} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
+
+
+def not_utf8(p: Path, byte: int, offset: int) -> UsageError:
+    return UsageError(f"dataset {p} is not UTF-8 text (byte 0x{byte:02x} at offset {offset}); "
+                      f"convert it first, e.g. iconv -f LATIN2 -t UTF-8 {p} > {p.stem}.utf8.txt")
+
+
 def read_text(path: str | os.PathLike, flag: str = "-d/--dataset") -> str:
     """Read a UTF-8 text file, turning every way it can be unusable into a UsageError."""
     p = Path(path)
     check_regular_file(p, "dataset", flag)
     try:
         data = p.read_bytes()
-    except PermissionError:
-        raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
     except OSError as e:
-        raise UsageError(f"dataset {p} cannot be read ({e.strerror or e}); check the file") from None
+        raise unreadable(p, e) from None
     if not data.strip():
-        raise UsageError(f"dataset {p} is empty; give a text file with some text in it")
+        raise empty_text(p)
     if b"\x00" in data:  # anywhere: a NUL past the first MiB is as binary as one before it
-        raise UsageError(f"dataset {p} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
+        raise binary_text(p)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"dataset {p} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                         f"convert it first, e.g. iconv -f LATIN2 -t UTF-8 {p} > {p.stem}.utf8.txt") from None
+        raise not_utf8(p, data[e.start], e.start) from None
 
 
 @dataclass

@@ -41,7 +41,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 
-from .batches import check_regular_file
+from .batches import binary_text, check_regular_file, empty_text, not_utf8, unreadable
 from .corpus import cache_dir
 from ..util.errors import UsageError
 from ..util.log import ByteBar, log
@@ -94,7 +94,7 @@ class _TextReader:
                 yield raw, text
         self._decode(decoder, b"", final=True)  # raises on a truncated last character, else ""
         if self.blank:
-            raise UsageError(f"dataset {self.path} is empty; give a text file with some text in it")
+            raise empty_text(self.path)
 
     def _open(self) -> BinaryIO:
         p, flag = self.path, self.flag
@@ -111,13 +111,10 @@ class _TextReader:
             self._unreadable(e)
 
     def _unreadable(self, e: OSError) -> NoReturn:
-        p = self.path
-        if isinstance(e, PermissionError):
-            raise UsageError(f"dataset {p} cannot be read (permission denied); fix its permissions (chmod +r) or copy it") from None
-        raise UsageError(f"dataset {p} cannot be read ({e.strerror or e}); check the file") from None
+        raise unreadable(self.path, e) from None
 
     def _binary(self) -> NoReturn:
-        raise UsageError(f"dataset {self.path} looks binary (it contains NUL bytes); pass a plain UTF-8 text file")
+        raise binary_text(self.path)
 
     def _decode(self, decoder, raw: bytes, final: bool) -> str:
         held = decoder.getstate()[0]  # bytes of an unfinished character from the previous block
@@ -130,8 +127,7 @@ class _TextReader:
                 if b"\x00" in f.read(NUL_WINDOW):
                     self._binary()
             p, offset = self.path, self.nbytes - len(held) + e.start  # e.start counts from `held`
-            raise UsageError(f"dataset {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {offset}); "
-                             f"convert it first, e.g. iconv -f LATIN2 -t UTF-8 {p} > {p.stem}.utf8.txt") from None
+            raise not_utf8(p, e.object[e.start], offset) from None
 
 
 def scan_text(path: str | os.PathLike, flag: str = "-d/--dataset", block_bytes: int = BLOCK_BYTES) -> TextInfo:
