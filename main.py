@@ -84,12 +84,20 @@ def infer(args, device: str) -> int:
     return 0
 
 
+def _load_cli():
+    from tinylm.cli import finish, run_guarded  # noqa: PLC0415
+    from tinylm.util.log import setup_logging  # noqa: PLC0415
+
+    return finish, run_guarded, setup_logging
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        from tinylm.cli import finish, run_guarded  # noqa: PLC0415 - after parsing, so --help stays fast
-        from tinylm.util.log import setup_logging  # noqa: PLC0415
-    except KeyboardInterrupt:  # Ctrl-C while importing, before run_guarded took over
+        from tinylm.launch import import_deferring_sigint  # noqa: PLC0415 - light: imports no torch
+        # after parsing, so --help stays fast; a Ctrl-C while torch loads is answered after it (launch.py)
+        finish, run_guarded, setup_logging = import_deferring_sigint(_load_cli)
+    except KeyboardInterrupt:  # Ctrl-C before the handler was in place
         print("interrupted", file=sys.stderr)
         return 130
     setup_logging()

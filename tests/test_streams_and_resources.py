@@ -234,12 +234,21 @@ def test_eval_batch_size_beyond_the_text_is_clamped(folder_factory):
 
 # ---- start-up and the token cache ----------------------------------------------------------
 
+START_UP_COMMANDS = {  # the three ways in: main.py, `python -m tinylm`, and the `tinylm` script's entry point
+    "main.py": cli_command(["main.py", "-i", "-m", "tiny.model", "-p", "the"]),
+    "python -m tinylm": cli_command(["generate", "-m", "tiny.model", "-p", "the", "-n", "5", "--device", "cpu"]),
+    "tinylm script": [sys.executable, "-c", "import sys; from tinylm.launch import main; sys.exit(main())",
+                      "generate", "-m", "tiny.model", "-p", "the", "-n", "5", "--device", "cpu"],
+}
+
+
 @POSIX
-def test_ctrl_c_during_start_up(folder_factory):
-    """SIGINT while Python is still importing torch: exit 130 with one line. (main.py: `python -m
-    tinylm` imports the package, and with it torch, before tinylm/__main__.py can catch anything.)"""
-    d = folder_factory("sigint")
-    proc = subprocess.Popen(cli_command(["main.py", "-i", "-m", "tiny.model", "-p", "the"]), cwd=d, env=cli_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+@pytest.mark.parametrize("way", sorted(START_UP_COMMANDS))
+def test_ctrl_c_during_start_up(folder_factory, way):
+    """SIGINT while Python is still importing torch: exit 130 with one line. (`import tinylm`
+    imports nothing heavy, so the guards in main.py and tinylm/launch.py see the signal.)"""
+    d = folder_factory("sigint-" + way.replace(" ", "-"))
+    proc = subprocess.Popen(START_UP_COMMANDS[way], cwd=d, env=cli_env(d), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
     time.sleep(0.4)
     proc.send_signal(signal.SIGINT)

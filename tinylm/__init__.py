@@ -21,16 +21,34 @@ Quick use from Python:
 
 __version__ = "0.1.0"
 
-from .data.batches import read_text, split_tokens  # noqa: E402
-from .generate.beam import beam_search  # noqa: E402
-from .generate.sampling import SamplingConfig  # noqa: E402
-from .generate.text import generate_text  # noqa: E402
-from .model.files import load_model, save_model  # noqa: E402
-from .model.gpt import GPT, GPTConfig  # noqa: E402
-from .tokenizers import CharTokenizer, Tokenizer  # noqa: E402
-from .train.step import evaluate  # noqa: E402
-from .train.trainer import Trainer, TrainConfig  # noqa: E402
-from .util.errors import UsageError  # noqa: E402
+# Names are imported on first use (PEP 562), so `import tinylm` (and `python -m tinylm`, which
+# imports this package first) costs nothing until one is needed: a Ctrl-C during start-up lands in
+# the CLI's guard instead of in an import of torch here, and `tinylm --help` starts fast.
+_EXPORTS = {  # name -> module that defines it
+    "read_text": ".data.batches", "split_tokens": ".data.batches", "beam_search": ".generate.beam",
+    "SamplingConfig": ".generate.sampling", "generate_text": ".generate.text", "load_model": ".model.files",
+    "save_model": ".model.files", "GPT": ".model.gpt", "GPTConfig": ".model.gpt", "CharTokenizer": ".tokenizers",
+    "Tokenizer": ".tokenizers", "evaluate": ".train.step", "Trainer": ".train.trainer", "TrainConfig": ".train.trainer",
+    "UsageError": ".util.errors",
+}
+
+
+def __getattr__(name: str):
+    import importlib  # noqa: PLC0415
+
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:  # a subpackage not imported yet, e.g. `tinylm.generate`
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'tinylm' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = ["GPT", "GPTConfig", "CharTokenizer", "Tokenizer", "TrainConfig", "Trainer", "SamplingConfig", "UsageError",
            "beam_search", "generate_text", "evaluate", "load_model", "save_model", "read_text", "split_tokens"]

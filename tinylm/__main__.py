@@ -1,11 +1,7 @@
-"""`python -m tinylm` runs the command line (see cli.py)."""
+"""`python -m tinylm` runs the command line (see cli.py; launch.py guards its import)."""
 
 import sys
 
-try:
-    from .cli import main
-except KeyboardInterrupt:  # Ctrl-C while Python is still importing: one line, no traceback
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+from .launch import main
 
 sys.exit(main())
