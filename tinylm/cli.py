@@ -206,8 +206,7 @@ def cmd_tokenizer(args) -> int:
         tok = train_bpe_file(args.dataset, args.vocab_size, pattern=args.pattern)  # streamed: the text is never held whole
         try:
             tok.save(out)
-        except OSError as e:  # a full disk: the previous file (if any) is intact, the partial temp file goes
-            out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        except OSError as e:  # a full disk: the previous file (if any) is intact, the partial temp file is gone
             raise UsageError(f"could not write {out} ({e.strerror or e}); free some disk space, or choose another -o") from None
     finally:
         lock.release()

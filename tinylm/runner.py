@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import __version__
@@ -35,6 +35,7 @@ from .util.log import banner, log, summary
 from .model.gpt import GPT, GPTConfig
 from .tokenizers import CharTokenizer, Tokenizer
 from .tokenizers import from_dict as tokenizer_from_dict
+from .train.memory import check_cpu_training_fits
 from .train.config import check_device
 from .train.trainer import Trainer, TrainConfig, TrainResult, seed_everything
 from .train.state import (BEST, check_resumable, checkpoint_dir, latest_usable, list_checkpoints, load_checkpoint, mismatches,
@@ -392,8 +393,19 @@ def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, so
         with _main_first(dist):  # one process writes the cached token file, the others then read it
             ids = token_file(dataset, tokenizer, info)
         split = split_memmap(ids, job.train.val_fraction, T, source=f"dataset {dataset}")
-    if dist is not None:  # text too short to give every process a batch: say so before the first log line
-        ChunkBatches(split.train, T, job.train.batch_size, rank=dist.rank, world=dist.world)
+    # text too short to give every process a batch, or one optimizer step its micro-batches: say so
+    # before the first log line
+    batches = ChunkBatches(split.train, T, job.train.batch_size, rank=0 if dist is None else dist.rank, world=world)
+    if job.train.batch_size > batches.num_chunks:  # every batch would hold all the chunks: say so, count truly
+        start.notes.append(f"--batch-size {job.train.batch_size} is more than the {batches.num_chunks} chunks of the "
+                           f"training text; each batch holds all {batches.num_chunks}")
+        job.train = replace(job.train, batch_size=batches.num_chunks)
+    if batches.batches_per_epoch < job.train.grad_accum:
+        raise UsageError(f"one epoch of the training text holds {batches.batches_per_epoch} micro-batch(es) of "
+                         f"--batch-size {job.train.batch_size}, fewer than --grad-accum {job.train.grad_accum}; give more "
+                         "text, or a smaller --grad-accum or --batch-size")
+    if device.type == "cpu":
+        check_cpu_training_fits(model.cfg, model.num_params(), job.train.batch_size)
 
     lock()
     removed = remove_stale_temps(out) if dist is None or dist.main else []

@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Mapping
 import regex
 
 from ..util.errors import UsageError
+from ..util.files import atomic_write_bytes
 from .base import BOS, DEFAULT_SPECIALS, EOS, MAX_VOCAB, PAD, UNK, Tokenizer
 from .bpe_train import ProgressBar, count_words, learn_merges
 from .patterns import resolve_pattern
@@ -202,11 +203,9 @@ class BPETokenizer(Tokenizer):
                              "retrain it with `tinylm tokenizer train`") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the JSON file atomically (a temp file, then os.replace), one merge per line."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(_dump_json(self.to_dict()), encoding="utf-8")
-        os.replace(tmp, path)
+        """Write the JSON file atomically (util/files.py: a temp file of this process, then a rename),
+        one merge per line."""
+        atomic_write_bytes(path, _dump_json(self.to_dict()).encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
