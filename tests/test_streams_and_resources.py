@@ -46,6 +46,8 @@ CASES = {
     "top-p-nan": (GEN("--top-p", "nan"), ["--top-p", "finite"]),
     "train-seed-huge": (TRAIN("--seed", str(10**20), "-o", "out.model"), ["--seed", str(10**20)]),
     "grad-accum-past-epoch": (TRAIN("--grad-accum", "1000", "-o", "out.model"), ["--grad-accum 1000", "more text"]),
+    "prompt-not-utf8": (["generate", "-m", "tiny.model", "-p", "a\udcff\udcfe", "-n", "5"], ["-p/--prompt", "not valid UTF-8", "0xfe 0xff"]),
+    "stop-not-utf8": (GEN("--stop", "\udc80"), ["--stop", "not valid UTF-8", "0x80"]),
     "no-limit-at-all": (["train", *TINY, "--steps", "0", "--epochs", "0", "--time", "0", "-d", "corpus.txt", "-o", "out.model"],
                         ["--steps", "--epochs", "--time", "never end"]),
     "output-name-255": (TRAIN("-o", "a" * 255), ["255 bytes", "shorter -o"]),
@@ -352,3 +354,15 @@ def test_tokenizer_train_on_a_full_disk_keeps_the_old_file(folder_factory, monke
     rc = main(["tokenizer", "train", "-d", "corpus.txt", "-o", "tok.json", "--vocab-size", "300", "--force"])
     assert_one_line_error(rc, capsys.readouterr().err, ["tok.json", "No space left", "free some disk space"])
     assert _snapshot(d) == before, "the old tokenizer changed or a temp file was left"
+
+
+def test_cache_variable_naming_a_file_is_one_line(folder_factory, monkeypatch, capsys):
+    from tinylm.cli import main
+
+    d = folder_factory("cache-is-a-file")
+    monkeypatch.setenv("TINYLM_CACHE", str(d / "corpus.txt"))
+    before = _snapshot(d)
+    monkeypatch.chdir(d)
+    rc = main(TRAIN("-o", "out.model"))
+    assert_one_line_error(rc, capsys.readouterr().err, ["TINYLM_CACHE=", "is a file, not a folder"])
+    assert _snapshot(d) == before

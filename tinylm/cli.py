@@ -107,6 +107,18 @@ def sampling_from_args(args):
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
+def _check_utf8_arg(flag: str, text: str | None) -> None:
+    """A command-line argument that is not UTF-8 reaches Python as lone surrogates (\udcff for the
+    byte 0xff); name the bytes instead of calling them characters the model lacks."""
+    if text is None:
+        return
+    bad = sorted({ch for ch in text if "\udc80" <= ch <= "\udcff"})
+    if bad:
+        shown = " ".join(f"0x{ord(ch) - 0xDC00:02x}" for ch in bad[:8])
+        raise UsageError(f"{flag} is not valid UTF-8 (bytes {shown}); pass UTF-8 text (check the terminal's or "
+                         "script's encoding)")
+
+
 def _generation_setup(args):
     """Checks shared by generate and chat, then (sampling config, loaded model)."""
     import torch  # noqa: PLC0415
@@ -116,6 +128,8 @@ def _generation_setup(args):
     from .kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
     from .util.device import check_threads, resolve_device  # noqa: PLC0415
 
+    for flag, text in (("-p/--prompt", getattr(args, "prompt", None)), *(("--stop", t) for t in args.stop)):
+        _check_utf8_arg(flag, text)
     cfg = sampling_from_args(args)
     check_request(args.beams, getattr(args, "num_samples", 1), args.stop)  # before the model is loaded
     check_threads(args.threads)

@@ -29,8 +29,14 @@ log = logging.getLogger("tinylm")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TINYLM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "tinylm")
-    return Path(root)
+    """The folder for the default corpus and the token caches: $TINYLM_CACHE, else
+    $XDG_CACHE_HOME/tinylm, else ~/.cache/tinylm (created when first written)."""
+    chosen = os.environ.get("TINYLM_CACHE")
+    root = Path(chosen or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "tinylm"))
+    if root.exists() and not root.is_dir():
+        named = f"TINYLM_CACHE={chosen}" if chosen else f"the cache folder {root}"
+        raise UsageError(f"{named} is a file, not a folder; point TINYLM_CACHE at a folder (it is created if missing)")
+    return root
 
 
 def plays_from_sdist(archive: Path) -> str:
