@@ -28,7 +28,7 @@ pytest.importorskip("tokenizers")
 
 TEXT = make_text(6000, seed=11)
 # spaces runs, tabs, newlines, punctuation, non-ASCII (2-, 3- and 4-byte UTF-8), a special's text
-PROBE = "Hello,   world!\n\n  It's 2024: naïve café — 你好 🙂 <EOS> tabs\there  \n end"
+PROBE = "Hello,   world!\n\n  It's 2024: naïve café — 你好 🙂 <EOS> 1234567 tabs\there  \n end"
 CHARS = TEXT + PROBE
 
 
@@ -59,6 +59,12 @@ def char_tok():
 @pytest.fixture(scope="module")
 def bpe_tok():
     return train_bpe(CHARS, 420, progress=False)
+
+
+@pytest.fixture(scope="module")
+def cl100k_style_tok():
+    """cl100k's pre-split regex (possessive quantifiers, digits in threes) on a small trained table."""
+    return train_bpe(CHARS, 420, pattern="cl100k", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +108,10 @@ def test_export_refusals_name_the_option(tmp_path, char_tok, options, flag):
     assert "\n" not in str(e.value) and not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe", "gpt2"])
+@pytest.mark.parametrize("kind", ["char", "bpe", "bpe-cl100k", "gpt2"])
 def test_autotokenizer_gives_tinylm_ids(tmp_path, request, kind):
-    tok = request.getfixturevalue({"char": "char_tok", "bpe": "bpe_tok", "gpt2": "gpt2_style_tok"}[kind])
+    tok = request.getfixturevalue({"char": "char_tok", "bpe": "bpe_tok", "bpe-cl100k": "cl100k_style_tok",
+                                   "gpt2": "gpt2_style_tok"}[kind])
     cfg = GPTConfig(vocab_size=tok.vocab_size, context_size=16, n_layer=1, n_head=2, n_embd=32)
     export_hf(GPT(cfg), tok, tmp_path / "hf")
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -24,6 +24,7 @@ strings only; writing files is hf_export.py's business.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..tokenizers import CharTokenizer, Tokenizer
@@ -85,6 +86,25 @@ def rank_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return merges
 
 
+_POSSESSIVE_COUNT = re.compile(r"\{\d+(?:,\d*)?\}\+")  # X{n,m}+ (possessive in `regex`)
+_ENDING_DIGITS = re.compile(r"\\p\{N\}\{1,3\}\+(?=\||$)")  # \p{N}{1,3}+ as a whole alternative (cl100k)
+
+
+def onig_pattern(pattern: str) -> str:
+    r"""A `regex` pre-split pattern in the syntax of HF tokenizers' Oniguruma, which reads `?+`,
+    `*+` and `++` as possessive like `regex` does, but `{1,3}+` as "{1,3}, one or more times".
+    cl100k's one such quantifier, `\p{N}{1,3}+`, is a whole alternative, so nothing could
+    backtrack into it and the plain `{1,3}` matches the same text; another pattern with one is refused.
+    >>> onig_pattern(r"\p{L}+|\p{N}{1,3}+")
+    '\\p{L}+|\\p{N}{1,3}'
+    """
+    fixed = _ENDING_DIGITS.sub(lambda m: m.group()[:-1], pattern)
+    if _POSSESSIVE_COUNT.search(fixed):
+        raise UsageError("cannot export the tokenizer: its pre-split regex has a possessive counted repeat such as "
+                         "{1,3}+, which HF tokenizers' regex engine reads differently")
+    return fixed
+
+
 def bpe_tokenizer_json(tok) -> dict:
     """A tinylm BPETokenizer as an HF tokenizer.json dict."""
     vocab = {token_str(t): i for t, i in tok.ranks.items()}
@@ -94,7 +114,7 @@ def bpe_tokenizer_json(tok) -> dict:
                          "text, which one HF vocabulary cannot hold twice")
     vocab.update(tok.specials)
     merges = [[token_str(a), token_str(b)] for a, b in rank_merges(tok.ranks)]
-    split = {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False}
+    split = {"type": "Split", "pattern": {"Regex": onig_pattern(tok.pattern)}, "behavior": "Isolated", "invert": False}
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": _added(tok.specials),
             "normalizer": None, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split, byte_level]},
