@@ -10,6 +10,7 @@ their own exit code and stderr, nothing shared but the imported modules).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -49,6 +50,12 @@ CASES = {  # id -> (argv of `tinylm`, {file name: kind}, words the error line mu
                                  ["run.model.ckpt", "checkpoint folder", "best.ckpt"]),
     "generate-checkpoint-folder": (["generate", "-m", "run.model.ckpt", "-p", "the"], {"run.model.ckpt": "notes-dir"},
                                    ["checkpoint folder"]),
+    "generate-truncated-checkpoint": (["generate", "-m", "cut.ckpt", "-p", "the"], {"cut.ckpt": "ckpt-truncated"},
+                                      ["cut.ckpt", "damaged"]),
+    "export-hostile-checkpoint": ([*EXPORT, "evil.ckpt", "-o", "out"], {"evil.ckpt": "ckpt-hostile"},
+                                  ["evil.ckpt", "refused", "run code"]),
+    "eval-foreign-torch-file": (["eval", "-m", "other.ckpt", "-d", "notes.txt"], {"other.ckpt": "ckpt-foreign", "notes.txt": "text"},
+                                ["other.ckpt", "not a tinylm training checkpoint"]),
     "import-missing-folder": ([*IMPORT, "gone", "-o", "g.model"], {}, ["gone", "does not exist"]),
     "import-folder-is-a-file": ([*IMPORT, "hf", "-o", "g.model"], {"hf": "text"}, ["hf", "is not a folder"]),
     "import-no-config": ([*IMPORT, "hf", "-o", "g.model"], {"hf": "notes-dir"}, ["no config.json"]),
@@ -68,6 +75,19 @@ CASES = {  # id -> (argv of `tinylm`, {file name: kind}, words the error line mu
 }
 
 
+class Hostile:
+    """Unpickling this would create the file PWNED: a stand-in for code a crafted checkpoint runs."""
+
+    def __reduce__(self):
+        return (open, ("PWNED", "w"))
+
+
+def torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def tiny(tok, **options) -> GPT:
     return GPT(GPTConfig(vocab_size=tok.vocab_size, context_size=16, n_layer=1, n_head=2, n_embd=32, **options))
 
@@ -78,6 +98,11 @@ def make_file(path: Path, kind: str, assets: dict) -> None:
     elif kind == "notes-dir":
         path.mkdir()
         (path / "notes.txt").write_text("some notes\n")
+    elif kind.startswith("ckpt"):  # torch.save archives, as checkpoints are
+        data = {"ckpt-truncated": lambda: torch_bytes({"format": "tinylm-train-state-1", "model": {"w": torch.zeros(64, 64)}})[:3000],
+                "ckpt-hostile": lambda: torch_bytes({"format": "tinylm-train-state-1", "model": Hostile()}),
+                "ckpt-foreign": lambda: torch_bytes({"weight": torch.zeros(3)})}[kind]()
+        path.write_bytes(data)
     elif kind.startswith("model"):
         options = {"model": {}, "model-qk-norm": {"qk_norm": True}, "model-softcap": {"logit_softcap": 30.0},
                    "model-swiglu": {"activation": "swiglu"}}[kind]
