@@ -182,9 +182,13 @@ def test_import_untied_and_pytorch_bin(tmp_path, hf_gpt2_dir):
     model, tok, _ = import_hf(tmp_path)
     assert not model.cfg.tie_weights and model.cfg.ff_size == 48 and model.cfg.activation == "relu"
     assert logits_diff(model, hf, tok.vocab_size) <= 1e-4
-    sd = {k: v.clone() for k, v in hf.state_dict().items()}
+    # the layout of OpenAI's original gpt2 upload: no "transformer." prefix, causal-mask buffers
+    # beside the weights, in pytorch_model.bin (read with weights_only=True)
+    sd = {k.removeprefix("transformer."): v.clone() for k, v in hf.state_dict().items()}
+    sd.update({f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 16, 16)) for i in range(conf.n_layer)})
+    sd.update({f"h.{i}.attn.masked_bias": torch.tensor(-1e4) for i in range(conf.n_layer)})
     (tmp_path / "model.safetensors").unlink()
-    torch.save(sd, tmp_path / "pytorch_model.bin")  # the older format: read with weights_only=True
+    torch.save(sd, tmp_path / "pytorch_model.bin")
     model2, _, _ = import_hf(tmp_path)
     assert logits_diff(model2, hf, tok.vocab_size) <= 1e-4
 
