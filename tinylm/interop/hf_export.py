@@ -115,8 +115,8 @@ def hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
         out.update(_neox(cfg, sd, get))
     else:
         out.update(_stablelm(cfg, sd, get))
-    if not cfg.tie_weights:
-        out["lm_head.weight"] = sd["lm_head.weight"][:V]
+    if not cfg.tie_weights:  # GPT-NeoX's head is "embed_out" (transformers 5 renames it to lm_head on loading)
+        out["embed_out.weight" if arch == "GPTNeoXForCausalLM" else "lm_head.weight"] = sd["lm_head.weight"][:V]
     return {k: v.contiguous().clone() for k, v in out.items()}
 
 

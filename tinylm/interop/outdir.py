@@ -1,6 +1,6 @@
 """The outputs of export and import: checked before anything is written, written atomically.
 
-An output folder must be missing or empty unless --force; an output file must not exist unless
+An output folder must be missing (its parent there) or empty unless --force; an output file must not exist unless
 --force; and no output may be one of the command's inputs (an input of a run is never its
 output), links included. Each file is written atomically (util/files.py), so a crash leaves the
 old file or the whole new one. Knows nothing about what the bytes are.
@@ -27,13 +27,12 @@ def check_out_file(path: Path, force: bool, inputs=()) -> None:
         raise UsageError(f"the output {path} is a folder; pass a file name such as {path / 'model.model'}")
     if path.exists() and not force:
         raise UsageError(f"the output {path} exists; pass --force to overwrite it, or choose another -o")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.is_dir():
-        why = writable_folder(parent)
-        if why:
-            raise UsageError(f"cannot write in {parent} ({why}); choose another -o")
-    elif parent.exists():
-        raise UsageError(f"{parent} is not a folder; choose another -o")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"the output folder {parent} does not exist; create it (mkdir -p {parent}) or choose another -o")
+    why = writable_folder(parent)
+    if why:
+        raise UsageError(f"cannot write in {parent} ({why}); choose another -o")
 
 
 def check_out_folder(folder: Path, names, force: bool, inputs=()) -> None:
@@ -45,9 +44,10 @@ def check_out_folder(folder: Path, names, force: bool, inputs=()) -> None:
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise UsageError(f"the output folder {folder} is not empty; pass --force to overwrite the files there, "
                          "or choose another -o")
-    probe = folder if folder.is_dir() else next((p for p in folder.parents if p.exists()), Path("."))
-    if not probe.is_dir():
-        raise UsageError(f"{probe} is not a folder; choose another -o")
+    probe = folder if folder.is_dir() else folder.parent
+    if not probe.is_dir():  # the output folder is made, its parent is not (as `tinylm train -o` does it)
+        raise UsageError(f"the folder {probe} (where {folder.name} would go) does not exist; create it "
+                         f"(mkdir -p {probe}) or choose another -o")
     why = writable_folder(probe)
     if why:
         raise UsageError(f"cannot write in {probe} ({why}); choose another -o")
