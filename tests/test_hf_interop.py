@@ -98,6 +98,46 @@ def test_export_logits_match_transformers(tmp_path, char_tok, name):
     assert logits_diff(model, hf, char_tok.vocab_size) <= 1e-4
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_export_then_import_gives_the_same_model(tmp_path, gpt2_style_tok, name):
+    options, _ = VARIANTS[name]
+    tok = gpt2_style_tok
+    cfg = GPTConfig(vocab_size=tok.vocab_size, context_size=16, n_layer=2, n_head=4, n_embd=32, **options)
+    model = noisy(GPT(cfg), seed=2)
+    if not cfg.bias:  # noisy() gives no-bias models no biases to move; all zero, they must come back as --no-bias
+        assert not any(k.endswith(".bias") for k in model.state_dict())
+    export_hf(model, tok, tmp_path / "hf")
+    back, tok2, _ = import_hf(tmp_path / "hf")
+    assert tok2.encode(PROBE) == tok.encode(PROBE)
+    for field in ("n_layer", "n_head", "n_embd", "ff_size", "activation", "bias", "tie_weights", "rope_base"):
+        assert getattr(back.cfg, field) == getattr(cfg, field), field
+    idx = torch.randint(0, tok.vocab_size, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (back(idx)[0] - model(idx)[0][..., :tok.vocab_size]).abs().max().item() <= 1e-5
+
+
+def test_import_neox_saved_by_transformers(tmp_path, hf_gpt2_dir):
+    d, _, hf_tok = hf_gpt2_dir
+    torch.manual_seed(5)
+    conf = transformers.GPTNeoXConfig(vocab_size=len(hf_tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=16, use_parallel_residual=False,
+                                      rotary_pct=1.0, hidden_act="gelu_pytorch_tanh")
+    hf = transformers.GPTNeoXForCausalLM(conf).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    hf.save_pretrained(tmp_path)
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / name).write_bytes((d / name).read_bytes())
+    model, tok, _ = import_hf(tmp_path)
+    assert model.cfg.positions == "rope" and not model.cfg.tie_weights
+    assert logits_diff(model, hf, tok.vocab_size) <= 1e-4
+    conf.use_parallel_residual = True  # Pythia's block: refused, naming the option
+    transformers.GPTNeoXForCausalLM(conf).save_pretrained(tmp_path)
+    with pytest.raises(UsageError, match="use_parallel_residual"):
+        import_hf(tmp_path)
+
+
 @pytest.mark.parametrize("options, flag", [({"qk_norm": True}, "--qk-norm"), ({"logit_softcap": 30.0}, "--softcap"),
                                            ({"activation": "swiglu", "positions": "rope"}, "swiglu"),
                                            ({"activation": "swiglu", "bias": False}, "--positions")])
