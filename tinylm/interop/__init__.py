@@ -2,7 +2,7 @@
 checkpoints used as models.
 
 hf_export.py   a tinylm model -> a transformers directory (config.json, model.safetensors)
-hf_import.py   a GPT-2-family transformers directory -> a tinylm model
+hf_import.py   a GPT-2-family (or exported GPT-NeoX / StableLM) transformers directory -> a tinylm model
 hf_tokenizer.py tinylm tokenizers <-> HF tokenizer files (tokenizer.json, vocab.json + merges.txt)
 checkpoint.py  a training checkpoint (<output>.ckpt/step-N.ckpt) loaded as a model
 commands.py    the `tinylm export` and `tinylm import` subcommands

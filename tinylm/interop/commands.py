@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["hf", "tinylm"], required=True, help="hf (a transformers directory) or tinylm (a model file)")
     p.add_argument("-o", "--output", required=True, help="directory to write (--format hf) or model file (--format tinylm)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output directory's files, or an existing file")
-    p = sub.add_parser("import", help="turn a transformers GPT-2 directory into a tinylm model",
+    p = sub.add_parser("import", help="turn a transformers GPT-2 directory (or one tinylm exported) into a tinylm model",
                        description="Import a local GPT-2-family transformers directory (save_pretrained output, or a "
                                    "downloaded gpt2 / distilgpt2) with its tokenizer files into a tinylm model file.")
     p.add_argument("input", metavar="IN_DIR", help="directory holding config.json, model.safetensors and the tokenizer files")
