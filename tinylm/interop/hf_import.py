@@ -8,8 +8,9 @@ tie_word_embeddings is false. Its Conv1D layers store weights as (in, out): tran
 GPT-NeoX (sequential residual, full rotary dims) and StableLM (no parallel block, no QK
 LayerNorm, one KV head per query head) come in too: they are what hf_export.py writes for RoPE
 models, so every export imports back. A model whose biases are all zero (or absent) becomes a
---no-bias one, which computes the same. The model keeps the exact vocabulary (vocab_multiple 1): padding rows would get logit 0, which
-next to GPT-2's large negative logits would take real probability mass.
+--no-bias one, which computes the same. The model keeps the exact vocabulary (vocab_multiple
+1): padding rows would get logit 0, which next to GPT-2's large negative logits would take real
+probability mass.
 
 Every check runs before a tensor is built from the files: the model family and the config
 options tinylm can express, the config's sizes against the tensors' shapes, finite weights.
