@@ -45,7 +45,11 @@ def load_any(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loa
 def load_checkpoint_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     from ..train.state import load_checkpoint  # noqa: PLC0415
 
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except UsageError as e:  # worded for --resume; say it of -m, as model files' errors are
+        why = str(e).removeprefix(f"checkpoint {path} ")
+        raise UsageError(f"{path} is not a usable tinylm model file or checkpoint: the file {why}") from None
     why = f"checkpoint {path} cannot be used as a model"
     try:
         cfg = GPTConfig.from_dict(state["model_config"])
