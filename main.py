@@ -58,7 +58,7 @@ def train(args, device: str) -> int:
 
 
 def infer(args, device: str) -> int:
-    from tinylm.model.files import load_model  # noqa: PLC0415
+    from tinylm.interop.checkpoint import load_any as load_model  # noqa: PLC0415 - a model file or a checkpoint
     from tinylm.util.device import resolve_device  # noqa: PLC0415
     from tinylm.util.errors import UsageError  # noqa: PLC0415
     from tinylm.generate.engine import SamplingConfig  # noqa: PLC0415

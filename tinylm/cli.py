@@ -22,6 +22,8 @@ from pathlib import Path
 from .util.errors import UsageError
 from .util.log import log, setup_logging
 from .cli_parser import MODEL_FLAGS, TRAIN_FLAGS, build_parser  # noqa: F401 - build_parser re-exported
+from .interop import commands as interop_commands
+
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
@@ -124,7 +126,7 @@ def _generation_setup(args):
     import torch  # noqa: PLC0415
 
     from .generate.sampling import check_request  # noqa: PLC0415
-    from .model.files import load_model  # noqa: PLC0415
+    from .interop.checkpoint import load_any as load_model  # noqa: PLC0415 - a model file or a checkpoint
     from .kernels.cpu_weights import check_kind, convert_linear_weights  # noqa: PLC0415
     from .util.device import check_threads, resolve_device  # noqa: PLC0415
 
@@ -171,7 +173,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .model.files import load_model  # noqa: PLC0415
+    from .interop.checkpoint import load_any as load_model  # noqa: PLC0415 - a model file or a checkpoint
     from .util.device import resolve_device  # noqa: PLC0415
     from .data.tokenfile import scan_text, token_file  # noqa: PLC0415
     from .generate.text import write_out  # noqa: PLC0415
@@ -254,7 +256,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
+            "export": interop_commands.cmd_export, "import": interop_commands.cmd_import}
 
 
 def _say(text: str) -> None:

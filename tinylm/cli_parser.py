@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from .generate.engine import DECODES, WINDOWS
+from .interop import commands as interop_commands
 from .model.config import ACTIVATIONS, POSITIONS
 from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a text file", description="Train a GPT model on a UTF-8 text file.")
     _add_train_args(p)
     p = sub.add_parser("generate", help="continue a prompt", description="Generate text from a trained model.")
-    p.add_argument("-m", "--model", required=True, help="model file")
+    p.add_argument("-m", "--model", required=True, help="model file, or a checkpoint from <output>.ckpt/")
     p.add_argument("-p", "--prompt", required=True, help="text to continue")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch; "
                    "sample i uses seed + i (default 1)")
@@ -133,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="ask a Q&A model questions",
                        description="Interactive questions and answers with a model trained on Q&A pairs. One question per "
                                    "line; Ctrl-C stops an answer, `exit` or Ctrl-D quits.")
-    p.add_argument("-m", "--model", required=True, help="model file")
+    p.add_argument("-m", "--model", required=True, help="model file, or a checkpoint from <output>.ckpt/")
     _add_sampling_args(p)
     p = sub.add_parser("eval", help="loss and perplexity on a text file", description="Evaluate a model on a text file.")
-    p.add_argument("-m", "--model", required=True, help="model file")
+    p.add_argument("-m", "--model", required=True, help="model file, or a checkpoint from <output>.ckpt/")
     p.add_argument("-d", "--dataset", required=True, help="UTF-8 text file")
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
@@ -154,4 +155,5 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size, specials included (default 4096)")
     t.add_argument("--pattern", default="gpt2", help="pre-split regex: gpt2, cl100k, or a custom pattern")
     t.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    interop_commands.add_parser(sub)
     return parser
