@@ -38,7 +38,8 @@ def job_from_args(args: argparse.Namespace):
     return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
                     model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
                     tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume, qa=args.qa,
-                    ignore_mismatch=args.ignore_mismatch)
+                    ignore_mismatch=args.ignore_mismatch,
+                    tensorboard=Path(args.tensorboard) if getattr(args, "tensorboard", None) else None)
 
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes a 64-bit integer
@@ -62,7 +63,8 @@ def _check_output_name(output: str | None) -> None:
         return  # the folder checks of the run report a missing folder
     # the longest name written: a temp file of the .last sibling (pids have at most 7 digits on Linux),
     # counted for the largest pid so that the limit does not depend on the process
-    longest = len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model")
+    longest = max(len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model"),
+                  len(os.fsencode(f".{out.stem}.metrics.jsonl.tmp9999999")))  # the metrics file, when trimmed on a resume
     if longest > limit:
         raise UsageError(f"output name {out.name[:40]}... is {len(os.fsencode(out.name))} bytes: with the suffixes tinylm adds "
                          f"(.last.model, .ckpt, temp files) it passes the file system's limit of {limit} bytes per name; "

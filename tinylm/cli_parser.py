@@ -79,7 +79,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "--compile model the graph records the compiled kernels")
     g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="launch the step's kernels one by one instead of replaying a CUDA graph")
-    g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
+    g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal, and between "
+                   "the rows of <name>.metrics.jsonl")
+    g.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard events in DIR "
+                   "(needs pip install 'tinylm[tensorboard]'; default: off)")
     g = p.add_argument_group("checkpoints and resuming (checkpoints go to <output>.ckpt/)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = off, the default)")
     g.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (0 = off; default 10)")
