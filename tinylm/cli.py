@@ -22,6 +22,7 @@ from pathlib import Path
 from .util.errors import UsageError
 from .util.log import log, setup_logging
 from .cli_parser import MODEL_FLAGS, TRAIN_FLAGS, build_parser  # noqa: F401 - build_parser re-exported
+from .report import card, plot
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
@@ -243,7 +244,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
+            "plot": plot.cmd_plot, "info": card.cmd_info}
 
 
 def _say(text: str) -> None:

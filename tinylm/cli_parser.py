@@ -13,6 +13,7 @@ from .generate.engine import DECODES, WINDOWS
 from .model.config import ACTIVATIONS, POSITIONS
 from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
+from .report import card, plot
 from .train.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES
 from .train.config import FLAGS as TRAIN_FIELD_FLAGS
 
@@ -157,4 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size, specials included (default 4096)")
     t.add_argument("--pattern", default="gpt2", help="pre-split regex: gpt2, cl100k, or a custom pattern")
     t.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    plot.add_parser(sub)
+    card.add_parser(sub)
     return parser

@@ -37,6 +37,14 @@ def metrics_path(model: str | os.PathLike) -> Path:
     return model.with_name(f"{model.stem}{SUFFIX}")
 
 
+def run_metrics(model: str | os.PathLike) -> Path:
+    """The metrics file of the run that saved `model`, its latest weights included:
+    book.model and book.last.model -> book.metrics.jsonl."""
+    model = Path(model)
+    stem = model.stem[: -len(".last")] if model.stem.endswith(".last") else model.stem
+    return model.with_name(f"{stem}{SUFFIX}")
+
+
 def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -161,8 +169,8 @@ def find_metrics(run: str | os.PathLike) -> Path:
     p = Path(run)
     if p.suffix == ".jsonl":
         return p
-    if p.suffix == ".model" or metrics_path(p).exists() or not p.exists():
-        return metrics_path(p)
+    if p.suffix == ".model" or run_metrics(p).exists() or not p.exists():
+        return run_metrics(p)
     return p
 
 

@@ -379,7 +379,8 @@ class Trainer:
             return
         res = self.result
         meta = {**self.meta, "steps": res.steps, "epochs": round(res.epochs_done, 4), "tokens_seen": res.tokens,
-                "val_loss": None if math.isnan(res.last_val) else res.last_val, "train_config": asdict(self.cfg),
+                "val_loss": None if math.isnan(res.last_val) else res.last_val,
+                "best_val_loss": res.best_val if math.isfinite(res.best_val) else None, "train_config": asdict(self.cfg),
                 "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.saver.submit(path, self.model, self.tokenizer, meta)
 
