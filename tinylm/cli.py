@@ -22,7 +22,7 @@ from pathlib import Path
 from .util.errors import UsageError
 from .util.log import log, setup_logging
 from .cli_parser import MODEL_FLAGS, TRAIN_FLAGS, build_parser  # noqa: F401 - build_parser re-exported
-from .report import card, plot
+from .report import card, copying, plot
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
@@ -166,6 +166,8 @@ def cmd_eval(args) -> int:
     from .generate.text import write_out  # noqa: PLC0415
     from .train.trainer import evaluate  # noqa: PLC0415
 
+    if args.copying:  # the copying measure instead of the loss (report/copying.py)
+        return copying.cmd_copying(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)

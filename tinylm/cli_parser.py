@@ -13,7 +13,7 @@ from .generate.engine import DECODES, WINDOWS
 from .model.config import ACTIVATIONS, POSITIONS
 from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
-from .report import card, plot
+from .report import card, copying, plot
 from .train.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES
 from .train.config import FLAGS as TRAIN_FIELD_FLAGS
 
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True, help="UTF-8 text file")
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+    copying.add_copying_args(p)
     p = sub.add_parser("demo", help="train on tiny Shakespeare, then print a sample",
                        description="Fetch the default corpus, train a small char model (CPU or GPU) and print a sample.")
     p.add_argument("--time", type=float, default=None, help="training seconds (default: 180 on CPU, 30 on a GPU)")
