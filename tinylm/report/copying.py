@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 NGRAMS = (8, 16, 32)
-BLOCK_BYTES = 1 << 22  # corpus bytes decoded and hashed at a time (the arrays are ~8x this)
+BLOCK_BYTES = 1 << 20  # corpus bytes decoded and hashed at a time (each of the ~10 hash arrays is ~8x this)
 BASE = 0x9E3779B97F4A7C15 | 1  # odd multiplier of the polynomial hash (mod 2**64)
 _U = np.uint64
-MASK = (1 << 64) - 1
+FILTER_BITS = 22  # a 4 MiB table of which hashes the samples hold (by their top bits)
 
 
 def _mix(c: np.ndarray) -> np.ndarray:
@@ -50,31 +50,37 @@ def code_values(text: str) -> np.ndarray:
     return _mix(cps)
 
 
-def window_hashes(v: np.ndarray, n: int) -> np.ndarray:
-    """Hashes of every window v[i : i + n], i = 0 .. len(v) - n, as uint64 (len(v) - n + 1,).
-    Built from windows of 1, 2, 4, ... characters by doubling; the pieces of n's binary form are
-    then joined in order, h(ab) = h(a) * B**len(b) + h(b) (uint64 arithmetic wraps mod 2**64).
+def _join(a: np.ndarray, a_len: int, b: np.ndarray, b_len: int, N: int) -> np.ndarray:
+    """Windows of a_len (hashes `a`) followed by windows of b_len (`b`), over a text of N
+    characters: h(ab) = h(a) * B**len(b) + h(b), for each of the N - a_len - b_len + 1 starts."""
+    m = N - (a_len + b_len) + 1
+    return a[:m] * _U(pow(BASE, b_len, 1 << 64)) + b[a_len:a_len + m]
+
+
+def window_hashes_many(v: np.ndarray, lengths) -> dict[int, np.ndarray]:
+    """{n: hashes of every window v[i : i + n], i = 0 .. len(v) - n (uint64)} for each n.
+    Windows of 1, 2, 4, ... characters are built once by doubling and shared by every length; each
+    n then joins the pieces of its binary form in order (uint64 arithmetic wraps mod 2**64).
     Example: n = 5 = 1 + 4: h5[i] = h1[i] * B**4 + h4[i + 1]."""
     N = len(v)
-    if N < n or n < 1:
-        return np.empty(0, dtype=np.uint64)
-    acc, acc_len = None, 0  # hashes of windows of acc_len characters, len N - acc_len + 1
-    cur, cur_len = v, 1
-    k = n
-    while True:
-        if k & 1:
-            if acc is None:
-                acc, acc_len = cur, cur_len
-            else:
-                m = N - (acc_len + cur_len) + 1
-                acc = acc[:m] * _U(pow(BASE, cur_len, 1 << 64)) + cur[acc_len:acc_len + m]
-                acc_len += cur_len
-        k >>= 1
-        if not k:
-            return acc
-        m = N - 2 * cur_len + 1
-        cur = cur[:m] * _U(pow(BASE, cur_len, 1 << 64)) + cur[cur_len:cur_len + m]
-        cur_len *= 2
+    want = [n for n in lengths if 1 <= n <= N]
+    powers = [v]  # powers[k]: hashes of the windows of 2**k characters
+    while want and 2 ** len(powers) <= max(want):
+        half = 2 ** (len(powers) - 1)
+        powers.append(_join(powers[-1], half, powers[-1], half, N))
+    out = {n: np.empty(0, dtype=np.uint64) for n in lengths}
+    for n in want:
+        acc, acc_len = None, 0
+        for k in range(n.bit_length()):
+            if n >> k & 1:
+                acc, acc_len = (powers[k], 1 << k) if acc is None else (_join(acc, acc_len, powers[k], 1 << k, N), acc_len + (1 << k))
+        out[n] = acc
+    return out
+
+
+def window_hashes(v: np.ndarray, n: int) -> np.ndarray:
+    """Hashes of every window v[i : i + n] (len(v) - n + 1,); see window_hashes_many."""
+    return window_hashes_many(v, [n])[n]
 
 
 def _corpus_blocks(path: Path, overlap: int):
@@ -104,10 +110,15 @@ class Queries:
         self.per_sample = [window_hashes(v, n) for v in samples]
         self.keys = np.unique(np.concatenate(self.per_sample)) if self.per_sample else np.empty(0, np.uint64)
         self.found = np.zeros(len(self.keys), dtype=bool)
+        # a prefilter on the top FILTER_BITS bits of each hash: nearly every corpus window fails
+        # one table lookup, and only the few that pass pay for the binary search
+        self.table = np.zeros(1 << FILTER_BITS, dtype=bool)
+        self.table[self.keys >> _U(64 - FILTER_BITS)] = True
 
     def mark(self, hashes: np.ndarray) -> None:
         if not len(self.keys) or not len(hashes):
             return
+        hashes = hashes[self.table[hashes >> _U(64 - FILTER_BITS)]]
         idx = np.searchsorted(self.keys, hashes)
         idx[idx == len(self.keys)] = 0
         hit = self.keys[idx] == hashes
@@ -124,8 +135,9 @@ def scan(corpus: Path, samples: list[np.ndarray], lengths: list[int]) -> dict[in
     live = [q for q in queries.values() if len(q.keys)]
     if live:
         for block in _corpus_blocks(corpus, max(q.n for q in live) - 1):
+            hashes = window_hashes_many(block, [q.n for q in live])
             for q in live:
-                q.mark(window_hashes(block, q.n))
+                q.mark(hashes[q.n])
     return queries
 
 
