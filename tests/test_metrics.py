@@ -149,3 +149,14 @@ def test_tensorboard_events_hold_the_same_scalars(tmp_path):
     assert [s for s, _ in got] == [s for s, _ in want]
     assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
     assert [e.step for e in acc.Scalars("val/val_loss")] == [r["step"] for r in rows if r["kind"] == "eval"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_graph_step_logs_its_gradient_norm(tmp_path):
+    """The CUDA-graph step records the norm in the graph; the row reads the replayed value."""
+    run_training(job(tmp_path, train=dict(device="cuda", cuda_graph=True, max_steps=12, log_interval=2)))
+    train = [r for r in read_metrics(tmp_path / "out.metrics.jsonl") if r["kind"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+    norms = [r["grad_norm"] for r in train]
+    assert all(n is not None and n > 0 for n in norms)
+    assert len(set(norms)) == len(norms)  # a fresh value every interval, not the captured step's

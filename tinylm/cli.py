@@ -5,6 +5,9 @@
     tinylm chat      ask a Q&A-trained model questions, one per line
     tinylm eval      loss and perplexity of a model on a text file
     tinylm tokenizer train   train a BPE tokenizer and save it as JSON
+    tinylm plot      loss and learning-rate curves of runs (report/plot.py)
+    tinylm info      a model file's card (report/card.py)
+    tinylm eval --copying    how much of a model's output is in its training text (report/copying.py)
 
 Every UsageError becomes one line on stderr and exit code 2 (see `main`).
 """
