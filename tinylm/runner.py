@@ -144,7 +144,8 @@ def resolve_output(job: TrainJob, dataset: Path) -> Path:
     if metrics.is_dir() or metrics.exists() and not metrics.is_file():
         raise UsageError(f"{metrics} is not a regular file, but the metrics of -o {out} go in a file of that name; "
                          "move it or choose another -o")
-    if (metrics.exists() or metrics.is_symlink()) and not (job.force or same_as_init or own_run):
+    # (with checkpoints there, _earlier_checkpoints refuses the run instead, saying how to resume it)
+    if (metrics.exists() or metrics.is_symlink()) and not (job.force or same_as_init or own_run or list_checkpoints(ckpts)):
         raise UsageError(f"{metrics} already exists, and the metrics of -o {out} would replace it; choose another -o, "
                          "delete it, pass --force to overwrite, or --resume the run that wrote it")
     if out.parent.is_dir():  # a read-only or foreign folder fails here, not after the first hour of training
