@@ -8,6 +8,7 @@ The package, by concern (dependencies point one way, down this list's arrows):
     generate/    sampling, the decoding engine, beam search, text streaming, chat
     data/        text -> token files -> batches
     train/       TrainConfig, the trainer loop, step, optimizers, schedules, checkpoints
+    report/      the metrics file a run writes, loss curves, model cards, the copying measure
     presets.py, runner.py, cli.py   entry points: build configs from flags and call the library
     tokenizers <- model <- kernels <- generate / train <- runner / cli
 

@@ -5,6 +5,9 @@
     tinylm chat      ask a Q&A-trained model questions, one per line
     tinylm eval      loss and perplexity of a model on a text file
     tinylm tokenizer train   train a BPE tokenizer and save it as JSON
+    tinylm plot      loss and learning-rate curves of runs (report/plot.py)
+    tinylm info      a model file's card (report/card.py)
+    tinylm eval --copying    how much of a model's output is in its training text (report/copying.py)
 
 Every UsageError becomes one line on stderr and exit code 2 (see `main`).
 """
@@ -24,6 +27,7 @@ from .util.log import log, setup_logging
 from .cli_parser import MODEL_FLAGS, TRAIN_FLAGS, build_parser  # noqa: F401 - build_parser re-exported
 from .interop import commands as interop_commands
 
+from .report import card, copying, plot
 
 def job_from_args(args: argparse.Namespace):
     """argparse namespace of `tinylm train` -> TrainJob (preset first, then explicit flags)."""
@@ -40,7 +44,8 @@ def job_from_args(args: argparse.Namespace):
     return TrainJob(dataset=args.dataset, output=Path(args.output) if args.output else None, train=train_cfg,
                     model=model_kw, init_model=Path(args.model) if args.model else None, force=args.force,
                     tokenizer=args.tokenizer, vocab_size=args.vocab_size, resume=args.resume, qa=args.qa,
-                    ignore_mismatch=args.ignore_mismatch)
+                    ignore_mismatch=args.ignore_mismatch,
+                    tensorboard=Path(args.tensorboard) if getattr(args, "tensorboard", None) else None)
 
 
 SEED_LIMIT = 2**63  # torch.manual_seed takes a 64-bit integer
@@ -64,7 +69,8 @@ def _check_output_name(output: str | None) -> None:
         return  # the folder checks of the run report a missing folder
     # the longest name written: a temp file of the .last sibling (pids have at most 7 digits on Linux),
     # counted for the largest pid so that the limit does not depend on the process
-    longest = len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model")
+    longest = max(len(os.fsencode(f".{out.name}.tmp9999999")) + len(".last.model"),
+                  len(os.fsencode(f".{out.stem}.metrics.jsonl.tmp9999999")))  # the metrics file, when trimmed on a resume
     if longest > limit:
         raise UsageError(f"output name {out.name[:40]}... is {len(os.fsencode(out.name))} bytes: with the suffixes tinylm adds "
                          f"(.last.model, .ckpt, temp files) it passes the file system's limit of {limit} bytes per name; "
@@ -179,6 +185,8 @@ def cmd_eval(args) -> int:
     from .generate.text import write_out  # noqa: PLC0415
     from .train.trainer import evaluate  # noqa: PLC0415
 
+    if args.copying:  # the copying measure instead of the loss (report/copying.py)
+        return copying.cmd_copying(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -257,7 +265,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
-            "export": interop_commands.cmd_export, "import": interop_commands.cmd_import}
+            "export": interop_commands.cmd_export, "import": interop_commands.cmd_import,
+            "plot": plot.cmd_plot, "info": card.cmd_info}
 
 
 def _say(text: str) -> None:

@@ -14,6 +14,7 @@ from .interop import commands as interop_commands
 from .model.config import ACTIVATIONS, POSITIONS
 from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
+from .report import card, copying, plot
 from .train.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES
 from .train.config import FLAGS as TRAIN_FIELD_FLAGS
 
@@ -80,7 +81,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "--compile model the graph records the compiled kernels")
     g.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="launch the step's kernels one by one instead of replaying a CUDA graph")
-    g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal")
+    g.add_argument("--log-interval", type=int, help="steps between progress lines when not on a terminal, and between "
+                   "the rows of <name>.metrics.jsonl")
+    g.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard events in DIR "
+                   "(needs pip install 'tinylm[tensorboard]'; default: off)")
     g = p.add_argument_group("checkpoints and resuming (checkpoints go to <output>.ckpt/)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = off, the default)")
     g.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (0 = off; default 10)")
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True, help="UTF-8 text file")
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default 16)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default auto)")
+    copying.add_copying_args(p)
     p = sub.add_parser("demo", help="train on tiny Shakespeare, then print a sample",
                        description="Fetch the default corpus, train a small char model (CPU or GPU) and print a sample.")
     p.add_argument("--time", type=float, default=None, help="training seconds (default: 180 on CPU, 30 on a GPU)")
@@ -156,4 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pattern", default="gpt2", help="pre-split regex: gpt2, cl100k, or a custom pattern")
     t.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     interop_commands.add_parser(sub)
+    plot.add_parser(sub)
+    card.add_parser(sub)
     return parser

@@ -26,6 +26,7 @@ from .data.corpus import default_corpus
 from .data.batches import ChunkBatches, split_tokens
 from .data.tokenfile import TextInfo, scan_text, token_file
 from .data.tokenstream import split_memmap
+from .report.metrics import MetricsWriter, check_tensorboard, metrics_path
 from .tokenizers.base import BOS, EOS
 from .util.device import resolve_device
 from .train.distributed import Dist, setup, shutdown
@@ -59,6 +60,7 @@ class TrainJob:
     resume_or_continue: bool = False  # main.py -t -m: resume init_model's checkpoint if one fits, else its weights
     ignore_mismatch: bool = False  # resume even if the data or config differ from the checkpoint's
     qa: bool = False  # the dataset is a Q&A JSON file (seed 001), trained as <BOS>Question: q\nAnswer: a<EOS>
+    tensorboard: Path | None = None  # also write TensorBoard events to this folder (the metrics file is always written)
 
 
 @dataclass
@@ -104,7 +106,8 @@ def _check_not_inputs(job: TrainJob, out: Path, dataset: Path) -> None:
     continues model X: it is read whole before anything is written, and then replaced atomically."""
     ckpts = checkpoint_dir(out)
     for what, flag, path in _inputs(job, dataset):
-        for written, role in ((out, f"output {out} is"), (last_path(out), f"the latest weights of -o {out} go to {last_path(out)}, which is")):
+        for written, role in ((out, f"output {out} is"), (last_path(out), f"the latest weights of -o {out} go to {last_path(out)}, which is"),
+                              (metrics_path(out), f"the metrics of -o {out} go to {metrics_path(out)}, which is")):
             if same_file(written, path) and not (flag == "-m" and written == out):
                 raise UsageError(f"{role} {what} ({flag} {path}); no flag lets an output replace an input of the run: choose another -o")
         if inside(path, ckpts) and flag != "--resume":
@@ -138,6 +141,14 @@ def resolve_output(job: TrainJob, dataset: Path) -> Path:
     if (last.exists() or last.is_symlink()) and not (job.force or same_as_init or own_run):
         raise UsageError(f"{last} already exists, and the latest weights of -o {out} would replace it; choose another -o, "
                          "delete it, or pass --force to overwrite")
+    metrics = metrics_path(out)  # a resumed run appends to it; any other run starts it afresh
+    if metrics.is_dir() or metrics.exists() and not metrics.is_file():
+        raise UsageError(f"{metrics} is not a regular file, but the metrics of -o {out} go in a file of that name; "
+                         "move it or choose another -o")
+    # (with checkpoints there, _earlier_checkpoints refuses the run instead, saying how to resume it)
+    if (metrics.exists() or metrics.is_symlink()) and not (job.force or same_as_init or own_run or list_checkpoints(ckpts)):
+        raise UsageError(f"{metrics} already exists, and the metrics of -o {out} would replace it; choose another -o, "
+                         "delete it, pass --force to overwrite, or --resume the run that wrote it")
     if out.parent.is_dir():  # a read-only or foreign folder fails here, not after the first hour of training
         why = writable_folder(out.parent)
         if why is not None:
@@ -163,7 +174,7 @@ def lock_output(out: Path) -> OutputLock:
 def remove_stale_temps(out: Path) -> list[str]:
     """Remove the temp files a killed save left beside the outputs and in the checkpoint folder
     (their process is gone; a live one's are left alone). Returns a note per file removed."""
-    names = {out.name, last_path(out).name}
+    names = {out.name, last_path(out).name, metrics_path(out).name}
     found = stale_temps(out.parent, names) + stale_temps(checkpoint_dir(out))
     notes = []
     for path in found:
@@ -348,6 +359,7 @@ def _main_first(dist: Dist | None):
 def _run_training(job: TrainJob, dist: Dist | None) -> TrainResult:
     # Everything that can fail on bad input is checked before the first log line, so a mistake
     # costs one clear error line and nothing else.
+    check_tensorboard(job.tensorboard)
     with _main_first(dist):  # one process fetches the default corpus into the cache
         dataset = Path(job.dataset) if job.dataset else default_corpus()
     if job.qa:
@@ -424,8 +436,8 @@ def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, so
     if dist is not None:
         log.info("Data parallel: each step trains on %d processes x %d micro-batch(es) x %d sequences", world,
                  job.train.grad_accum, job.train.batch_size)
-    meta = {"tinylm_version": __version__, "dataset": str(dataset), "dataset_sha256": data_sha,
-            "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"tinylm_version": __version__, "dataset": str(dataset), "dataset_sha256": data_sha, "dataset_bytes": nbytes,
+            "dataset_tokens": len(split.train) + len(split.val), "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     trainer = Trainer(model, tokenizer, split, job.train, out=out, last=last_path(out), meta=meta,
                       checkpoints=checkpoint_dir(out), dist=dist)
     trainer.replace_ckpts = start.replace
@@ -435,7 +447,14 @@ def _train_locked(job: TrainJob, dist: Dist | None, dataset: Path, out: Path, so
         log.info("Resuming exactly%s from checkpoint %s (step %d, epoch %d)", approx, start.source, trainer.result.steps,
                  trainer.epoch + 1)
     log.info("Switching to training loop")
-    res = trainer.run()
+    if dist is None or dist.main:  # a resumed run appends to its metrics; a new one starts them afresh
+        trainer.metrics = MetricsWriter(metrics_path(out), append=start.state is not None, resume_step=trainer.result.steps,
+                                        tensorboard=job.tensorboard)
+    try:
+        res = trainer.run()
+    finally:
+        if trainer.metrics is not None:
+            trainer.metrics.close()
     how = "Interrupted" if res.interrupted else "Training done"
     val = f", best validation loss {res.best_val:.4f} (perplexity {math.exp(min(res.best_val, 50)):.2f})" if res.best_val < math.inf else ""
     log.info("%s after %d steps in %.1f s%s", how, res.steps, res.elapsed, val)

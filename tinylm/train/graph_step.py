@@ -45,12 +45,13 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None  # the graph's output, rewritten by every replay
         self.calls = 0
+        self.stats: dict = {}  # the step's device-side numbers (the gradient norm), rewritten by every replay
 
     def _body(self) -> torch.Tensor:
         micro_batches = [(self.x[j], self.y[j]) for j in range(self.x.size(0))]
         # a non-finite loss or gradient skips the update inside the graph (fused AdamW's found_inf)
         return step_body(self.forward, self.model.parameters, self.opt, micro_batches, self.cfg.grad_clip,
-                         self.x.device, self.dtype, self.dist, self.after_step)
+                         self.x.device, self.dtype, self.dist, self.after_step, stats=self.stats)
 
     def __call__(self, micro_batches, lr: float) -> torch.Tensor:
         for j, (x, y) in enumerate(micro_batches):

@@ -73,7 +73,7 @@ def _fused_adam(o) -> bool:
     return getattr(o, "fused_kernel", False) or (isinstance(o, torch.optim.Adam) and all(g.get("fused") for g in o.param_groups))
 
 
-def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor) -> torch.Tensor:
+def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor, stats: dict | None = None) -> torch.Tensor:
     """Clip the gradients' global norm to `grad_clip` (0 = no clipping), then opt.step(), skipped
     when the loss or any gradient is not finite; returns that verdict as a device bool `ok`.
 
@@ -81,10 +81,14 @@ def clipped_step(opt, params, grad_clip: float, loss_sum: torch.Tensor) -> torch
     both on the device, with no host sync and no extra pass over the gradients: `found_inf` (the
     hook torch.amp.GradScaler uses) skips the update, and `grad_scale` divides each gradient by
     1/coef inside the update kernel, which is exactly clipping by coef. Other optimizers (Muon,
-    unfused AdamW on the CPU, where a sync costs nothing) get clipped gradients and ask the host."""
+    unfused AdamW on the CPU, where a sync costs nothing) get clipped gradients and ask the host.
+    stats: when given, stats["grad_norm"] is set to the norm before clipping (a device tensor,
+    read by the trainer at log intervals only)."""
     params = [p for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()  # fp32 even for bf16 gradients
     ok = torch.isfinite(norm) & torch.isfinite(loss_sum)
+    if stats is not None:
+        stats["grad_norm"] = norm
     # clip_grad_norm_'s coefficient: scale by clip / norm when the norm exceeds the clip, else 1
     coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0) if grad_clip > 0 else None
     optimizers = getattr(opt, "optimizers", [opt])

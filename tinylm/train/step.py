@@ -76,11 +76,13 @@ def evaluate(model, tokens: torch.Tensor | np.ndarray, context: int, batch_size:
 
 
 def step_body(forward: Forward, params: Callable, opt, micro_batches, grad_clip: float, device: torch.device,
-              dtype: torch.dtype | None, dist: Dist | None = None, after_step: Callable | None = None) -> torch.Tensor:
+              dtype: torch.dtype | None, dist: Dist | None = None, after_step: Callable | None = None,
+              stats: dict | None = None) -> torch.Tensor:
     """Forward and backward over `micro_batches` [(x, y), ...] already on the device, the
     gradients averaged over processes, then the clipped update; returns the mean loss as a device
     tensor (no host sync), NaN when the update was skipped for a non-finite loss or gradient.
-    params: () -> the parameters (called twice; a generator is used up once)."""
+    params: () -> the parameters (called twice; a generator is used up once). stats: filled with
+    the step's device-side numbers ("grad_norm", see optim.clipped_step), never read here."""
     total = torch.zeros((), device=device)
     for x, y in micro_batches:
         with _autocast(device, dtype):
@@ -91,18 +93,18 @@ def step_body(forward: Forward, params: Callable, opt, micro_batches, grad_clip:
         total = total + loss.detach()
     if dist is not None:
         dist.average_gradients_(params(), total)
-    ok = clipped_step(opt, params(), grad_clip, total)
+    ok = clipped_step(opt, params(), grad_clip, total, stats)
     if after_step is not None:
         after_step()
     return torch.where(ok, total / len(micro_batches), math.nan)
 
 
 def train_step(model, opt, micro_batches, cfg: TrainConfig, device, dtype, dist: Dist | None = None,
-               forward: Forward | None = None) -> torch.Tensor:
+               forward: Forward | None = None, stats: dict | None = None) -> torch.Tensor:
     """One eager optimizer step over `micro_batches` [(x, y), ...] (host or device tensors); see
     step_body. forward: the training forward (default: the plain model(x, y)'s loss)."""
     fwd = forward if forward is not None else (lambda x, y: model(x, y)[1])
     batches = [(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in micro_batches]
-    loss = step_body(fwd, model.parameters, opt, batches, cfg.grad_clip, device, dtype, dist)
+    loss = step_body(fwd, model.parameters, opt, batches, cfg.grad_clip, device, dtype, dist, stats=stats)
     opt.zero_grad(set_to_none=True)
     return loss

@@ -151,6 +151,10 @@ class Trainer:
         self.saved_out = False  # whether `out` holds this run's model (kept across a resume)
         self.saved_paths: set[Path] = set()  # the files this process's run has saved (or, not process 0, would have)
         self.saver = BackgroundSaver()
+        # report/metrics.py's MetricsWriter (the runner sets it on process 0), fed a row per log
+        # interval from values read there anyway, and one per validation; None = no metrics file
+        self.metrics = None
+        self.stats: dict = {}  # the last step's device-side numbers (the gradient norm; see optim.clipped_step)
         # Where the run is, all of it saved in a checkpoint (trainstate.trainer_state): the epoch,
         # the optimizer steps done in it, and its running loss (for the plateau schedule). The
         # counters stay on the device so a step never waits for the host.
@@ -232,6 +236,8 @@ class Trainer:
         self.agreed = (False, self.elapsed_before)
         self.last_ckpt = self.clock()
         progress = Progress(cfg.log_interval)
+        if self.metrics is not None:
+            self.metrics.start(self.elapsed(), res.tokens)
         with StopFlag() as stop:
             while not (self._stopped(stop) or self._done()):
                 self._step(progress)
@@ -272,7 +278,8 @@ class Trainer:
         else:
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss = train_step(self.model, self.opt, micro_batches, cfg, self.device, self.dtype, self.dist, forward=self.fwd)
+            loss = train_step(self.model, self.opt, micro_batches, cfg, self.device, self.dtype, self.dist, forward=self.fwd,
+                              stats=self.stats)
             if self.ema is not None:
                 self.ema.update()
         ok = torch.isfinite(loss)  # False: the step was skipped (device-side bookkeeping, no sync)
@@ -284,8 +291,13 @@ class Trainer:
         res.steps += 1
         res.tokens += cfg.batch_size * cfg.grad_accum * self.model.cfg.context_size * self.world
         res.epochs_done = self.epoch + self.pos / self.steps_per_epoch
-        if self.main and progress.wants(res.steps):
-            progress.update(res.steps, loss.item(), lr, res.tokens, frac, self.elapsed())
+        log_row = self.metrics is not None and res.steps % cfg.log_interval == 0
+        if self.main and (progress.wants(res.steps) or log_row):
+            loss_now = loss.item()  # the one host sync of a logged step; the rest below are then free
+            progress.update(res.steps, loss_now, lr, res.tokens, frac, self.elapsed())
+            if log_row:
+                norm = (self.graphed.stats if self.graphed is not None else self.stats).get("grad_norm")
+                self.metrics.train(res.steps, res.tokens, self.elapsed(), loss_now, lr, None if norm is None else norm.item())
         if cfg.eval_interval and res.steps % cfg.eval_interval == 0:
             progress.clear()
             self._validate()
@@ -322,6 +334,8 @@ class Trainer:
                            self.dist)
             res.last_val = val
             res.history.append((res.steps, self.elapsed(), val))
+            if self.metrics is not None:
+                self.metrics.eval(res.steps, res.tokens, self.elapsed(), val)
             improved = val < res.best_val
             log.info("Validation loss: %.4f, perplexity: %.2f (step %d, %.1f s)%s", val, math.exp(min(val, 50)), res.steps,
                      self.elapsed(), " (best so far)" if improved else "")
@@ -365,7 +379,8 @@ class Trainer:
             return
         res = self.result
         meta = {**self.meta, "steps": res.steps, "epochs": round(res.epochs_done, 4), "tokens_seen": res.tokens,
-                "val_loss": None if math.isnan(res.last_val) else res.last_val, "train_config": asdict(self.cfg),
+                "val_loss": None if math.isnan(res.last_val) else res.last_val,
+                "best_val_loss": res.best_val if math.isfinite(res.best_val) else None, "train_config": asdict(self.cfg),
                 "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.saver.submit(path, self.model, self.tokenizer, meta)
 
