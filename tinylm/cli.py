@@ -241,7 +241,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer}
+def cmd_serve(args) -> int:
+    from .serve.command import cmd_serve as serve  # noqa: PLC0415 - the web server's packages load only here
+
+    return serve(args)
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
+            "serve": cmd_serve}
 
 
 def _say(text: str) -> None:
