@@ -171,6 +171,7 @@ class Batcher:
         self.waiting: deque[Job] = deque()
         self.cv = threading.Condition()
         self.stopping = False
+        self.peak = 0  # most rows that shared one step since the last reset (tests and /health read it)
         self.thread: threading.Thread | None = None
         dev = self.device
         self.temperature = torch.zeros(slots, device=dev)  # (S,)
@@ -199,7 +200,8 @@ class Batcher:
 
     def stats(self) -> dict:
         with self.cv:
-            return {"slots": self.S, "busy": sum(r is not None for r in self.rows), "queued": len(self.waiting)}
+            return {"slots": self.S, "busy": sum(r is not None for r in self.rows), "queued": len(self.waiting),
+                    "peak": self.peak}
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name="tinylm-batcher", daemon=True)
@@ -298,6 +300,7 @@ class Batcher:
         active = [r for r in self.rows if r is not None]
         if not active:
             return
+        self.peak = max(self.peak, len(active))
         stepping = []
         for r in active:
             if r.fresh or len(r.seq) - r.start > self.ctx:
