@@ -148,13 +148,10 @@ def start_job(state: ServerState, req: Request, ids: list[int]) -> tuple[Job, as
     return job, queue
 
 
-async def watch_disconnect(request: HttpRequest, on_gone) -> None:
-    """Wait until the client goes away, then call on_gone (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            on_gone()
-            return
+async def until_disconnect(request: HttpRequest) -> None:
+    """Return when the client goes away (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # ---------------------------------------------------------------- responses
@@ -232,9 +229,14 @@ async def respond(state: ServerState, req: Request, ids: list[int], chat: bool, 
     gone = lambda: state.batcher.cancel(job)  # noqa: E731
 
     if not req.stream:
-        texts, reasons = [echo] * req.n, ["length"] * req.n
+        texts, reasons, usage, failed = [echo] * req.n, ["length"] * req.n, None, None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_disconnect, request, gone)
+            async def watch() -> None:
+                await until_disconnect(request)
+                gone()
+                tg.cancel_scope.cancel()  # nobody is waiting for the answer any more
+
+            tg.start_soon(watch)
             while True:
                 ev = await queue.get()
                 if ev[0] == "text":
@@ -242,12 +244,17 @@ async def respond(state: ServerState, req: Request, ids: list[int], chat: bool, 
                 elif ev[0] == "end":
                     reasons[ev[1]] = ev[2]
                 elif ev[0] == "error":
+                    failed = ev[1]
                     tg.cancel_scope.cancel()
-                    raise ApiError(500, f"generation failed: {ev[1]}", kind="server_error")
+                    break
                 else:
                     usage = ev[1]
                     tg.cancel_scope.cancel()
                     break
+        if failed is not None:  # raised out here: inside the task group it would come wrapped in a group
+            raise ApiError(500, f"generation failed: {failed}", kind="server_error")
+        if usage is None:  # the client left
+            return Response(status_code=499)
         return JSONResponse(shapes.whole(texts, reasons, usage))
 
     async def events():
