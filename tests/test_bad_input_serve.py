@@ -58,3 +58,17 @@ def test_bad_serve_input(model_file):
         assert rc == 2 and len(lines) == 1 and want in lines[0] and lines[0].startswith("error: "), (args, rc, err)
         assert "Traceback" not in err
     assert _digest(folder) == before
+
+
+def test_missing_extra_names_it(monkeypatch):
+    """Without uvicorn (or starlette) the command names the extra to install, before loading anything."""
+    import argparse
+    import sys
+
+    from tinylm.serve.command import check_args
+    from tinylm.util.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` now raises ImportError
+    args = argparse.Namespace(port=0, slots=0, queue=1, max_tokens=10, max_body=4096, threads=0, api_key=None)
+    with pytest.raises(UsageError, match=r"pip install 'tinylm\[serve\]'"):
+        check_args(args)
