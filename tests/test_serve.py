@@ -285,3 +285,34 @@ def test_stop_strings_and_echo(srv, model):
     assert r.choices[0].text == full[:full.find(stop)] and r.choices[0].finish_reason == "stop"
     r = c.completions.create(model="tiny", prompt="the", max_tokens=40, seed=9, echo=True)
     assert r.choices[0].text == "the" + full
+
+
+# ---------------------------------------------------------------- wiring
+
+def test_the_library_does_not_import_the_server():
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+
+    code = ("import sys, tinylm, tinylm.generate, tinylm.model, tinylm.train, tinylm.cli; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'fastapi') "
+            "or m in ('tinylm.serve.app', 'tinylm.serve.batcher')]; print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(REPO), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_adapter_flag_calls_load_adapter(model_file, monkeypatch):
+    lora = pytest.importorskip("tinylm.lora", reason="tinylm.lora is not on this branch: --adapter reports that instead")
+    from tinylm.serve.command import load_served_model
+
+    calls = []
+
+    def fake_load_adapter(model, path):
+        calls.append(path)
+        return model
+
+    monkeypatch.setattr(lora, "load_adapter", fake_load_adapter)
+    args = SimpleNamespace(model=str(model_file), adapter="a.lora", device="cpu", threads=1)
+    loaded, _ = load_served_model(args)
+    assert calls == ["a.lora"]

@@ -23,7 +23,9 @@ the same seed, and what `tinylm generate --seed` gives, up to rounding differenc
 this step and the engine's kernels (tests/test_serve.py checks both).
 
 Window: when a row outgrows the context it slides as the engine's "slide" policy does (keep the
-last 3/4 of the context, re-run them), for every position kind; rolling RoPE is the engine's.
+last 3/4 of the context, re-run them), for every position kind. The engine rolls a RoPE model's
+window instead by default, so past the context a RoPE model's text matches `tinylm generate
+--window slide`.
 
 Knows token ids and text streams (generate/text.py), not HTTP or JSON.
 """
