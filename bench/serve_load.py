@@ -50,9 +50,9 @@ def write_model(shape: str, folder: Path) -> Path:
     s = SHAPES[shape]
     n_chars = s["vocab"] - 4  # the char tokenizer adds its special tokens
     # letters and punctuation (61 + 4 specials = 65, tiny Shakespeare's size), or for GPT-2's vocabulary
-    # size ASCII then CJK ideographs, one character each
+    # size ASCII letters and space, then characters from U+10000 on (past the surrogates), one each
     alphabet = (string.ascii_letters + " .,;:!?'\n")[:n_chars] if n_chars <= 61 else \
-        string.ascii_letters + "".join(chr(c) for c in range(0x4E00, 0x4E00 + n_chars - 52))
+        string.ascii_letters + " " + "".join(chr(c) for c in range(0x10000, 0x10000 + n_chars - 53))
     tok = CharTokenizer.train(alphabet)
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=tok.vocab_size, context_size=s["context_size"], n_layer=s["n_layer"],
@@ -108,6 +108,8 @@ async def stream_request(port: int, body: dict) -> tuple[float, list[float], int
             if not event.startswith(b"data: ") or event == b"data: [DONE]":
                 continue
             chunk = json.loads(event[6:])
+            if "error" in chunk:
+                raise RuntimeError(f"the server failed the request: {chunk['error']['message']}")
             if chunk.get("usage"):
                 usage = chunk["usage"]["completion_tokens"]
             elif chunk["choices"] and chunk["choices"][0]["text"]:
