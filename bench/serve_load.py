@@ -62,10 +62,10 @@ def write_model(shape: str, folder: Path) -> Path:
     return path, tok
 
 
-def start_server(model: Path, device: str, slots: int, tokens: int) -> tuple[subprocess.Popen, int]:
+def start_server(model: Path, device: str, slots: int, tokens: int, prefill_rows: int) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "tinylm", "serve", "-m", str(model), "--port", "0", "--device", device,
-                             "--slots", str(slots), "--queue", "256", "--max-tokens", str(max(tokens, 16))],
+                             "--slots", str(slots), "--prefill-rows", str(prefill_rows), "--queue", "256", "--max-tokens", str(max(tokens, 16))],
                             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     line = proc.stderr.readline()
     m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens per request (default 64)")
     ap.add_argument("--time-limit", type=float, default=60, help="seconds per level at most (default 60)")
     ap.add_argument("--slots", type=int, default=32, help="the server's --slots (default 32)")
+    ap.add_argument("--prefill-rows", type=int, default=0, help="the server's --prefill-rows (default 0: its auto)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON lines too")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -163,7 +164,7 @@ def main() -> None:
             path, tok = Path(args.model), load_model(args.model).tokenizer
         else:
             path, tok = write_model(args.shape, Path(tmp))
-        proc, port = start_server(path, args.device, args.slots, args.tokens)
+        proc, port = start_server(path, args.device, args.slots, args.tokens, args.prefill_rows)
         try:
             asyncio.run(level(port, 1, 2, min(args.tokens, 16), 30, tok.eos_id))  # warm-up
             results = [asyncio.run(level(port, c, args.requests, args.tokens, args.time_limit, tok.eos_id)) for c in levels]
@@ -172,7 +173,8 @@ def main() -> None:
             proc.wait(timeout=20)
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; model {args.model or args.shape}, device {args.device}, "
-          f"{args.tokens} tokens/request, {args.requests} requests/client, slots {args.slots}")
+          f"{args.tokens} tokens/request, {args.requests} requests/client, slots {args.slots}, "
+          f"prefill rows {args.prefill_rows or 'auto'}")
     print("| clients | requests | tokens/s (aggregate) | x 1 client | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms |")
     print("|---|---|---|---|---|---|---|")
     base = results[0]["tokens_per_s"]

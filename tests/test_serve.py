@@ -37,8 +37,9 @@ LIMIT = 64  # the servers' per-request token limit (the small-slot server allows
 class Running:
     """A server on a free loopback port, in a thread of this process."""
 
-    def __init__(self, model, slots=32, queue=64, api_key=None, max_tokens=LIMIT, max_body=4096):
-        self.state = ServerState(batcher=Batcher(model, TOK, slots=slots, max_queue=queue), tokenizer=TOK,
+    def __init__(self, model, slots=32, queue=64, api_key=None, max_tokens=LIMIT, max_body=4096, prefill_rows=1):
+        batcher = Batcher(model, TOK, slots=slots, max_queue=queue, prefill_rows=prefill_rows)
+        self.state = ServerState(batcher=batcher, tokenizer=TOK,
                                  model_name="tiny", max_tokens=max_tokens, max_body=max_body, api_key=api_key)
         self.sock = open_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -68,7 +69,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def srv(model):
-    s = Running(model)
+    s = Running(model, prefill_rows=4)  # prompts of equal length share a prefill (of 4 rows, padded)
     yield s
     s.close()
 

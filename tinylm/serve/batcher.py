@@ -6,15 +6,16 @@ string, its token limit, or the client going away), freeing the slot for the nex
 the queue. One thread runs the model; the HTTP side only submits jobs and reads events.
 
 Each tick of the loop:
-1. rows that just joined (or whose window is full) run their prompt window alone, batch 1, and
-   write its last logits into their row of the (S, V) logits buffer;
+1. rows that just joined (or whose window is full) run their prompt window, in a forward of a
+   fixed P rows (`prefill_rows`; windows of equal length share one), and write its last logits
+   into their row of the (S, V) logits buffer;
 2. every other row feeds its last token through one batched step of fixed shape (S, 1): each
    row at its own position, attending only over its own cache row (SlotCache below);
 3. one sampling call over all S rows, each with its own temperature, top-k, top-p, logit bias,
    seed and step count, gives every row its next token.
 
 Same text alone or in a crowd, by construction: nothing a row computes depends on the other
-rows. Prefills are always batch 1; the decode step and the sampler always have shape (S, ...)
+rows. Prefills always have P rows; the decode step and the sampler always have shape (S, ...)
 whatever the number of active rows (idle rows feed a dummy token), so each row's numbers go
 through the same kernels with the same shapes; attention reads only the row's own cache; and
 the noise comes from the counter-based hash of generate/sampling.py keyed by (seed + choice,
@@ -92,45 +93,45 @@ class SlotCache:
     the attention modules call (`attend`, the interface of model/kv_cache.KVCache).
 
     Buffer shapes (L layers, S slots, nh heads, ctx positions, hs head size):
-        k, v: (L, S, nh, ctx, hs)
-    Two modes: `for_prefill(slot, T)`: one row's window, positions 0..T-1, batch 1;
-    `for_step(positions)`: one token per slot, slot s at positions[s], batch S."""
+        k, v: (L, S + 1, nh, ctx, hs)    row S is scratch: the padding rows of a prefill write there
+    Two modes: `for_prefill(slots, T)`: P windows of T tokens, positions 0..T-1, row i into slot
+    slots[i]; `for_step(positions)`: one token per slot, slot s at positions[s], batch S."""
 
     def __init__(self, model, slots: int):
         cfg = model.cfg
         p = model.wte.weight
-        shape = (cfg.n_layer, slots, cfg.n_head, cfg.context_size, cfg.head_size)
-        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)  # (L, S, nh, ctx, hs)
-        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)  # (L, S, nh, ctx, hs)
+        shape = (cfg.n_layer, slots + 1, cfg.n_head, cfg.context_size, cfg.head_size)
+        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)  # (L, S + 1, nh, ctx, hs)
+        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)  # (L, S + 1, nh, ctx, hs)
+        self.S = slots
         self.slot_ids = torch.arange(cfg.context_size, device=p.device)  # (ctx,)
         self.rows = torch.arange(slots, device=p.device)  # (S,)
         self.zero = torch.zeros((), device=p.device, dtype=p.dtype)
         self.shut = torch.full((), float("-inf"), device=p.device, dtype=p.dtype)
-        self.slot: int | None = None
+        self.slots: torch.Tensor | None = None
         self.T = 0
         self.positions: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
 
-    def for_prefill(self, slot: int, T: int) -> None:
-        self.slot, self.T, self.positions = slot, T, None
+    def for_prefill(self, slots: torch.Tensor, T: int) -> None:
+        self.slots, self.T, self.positions = slots, T, None  # slots (P,)
         ids = self.slot_ids[:T]
         self.mask = torch.where(ids[None, :] <= ids[:, None], self.zero, self.shut)  # (T, T), causal
 
     def for_step(self, positions: torch.Tensor) -> None:
-        self.slot, self.positions = None, positions  # (S,)
+        self.slots, self.positions = None, positions  # (S,)
         self.mask = torch.where(self.slot_ids[None, :] <= positions[:, None], self.zero, self.shut)[:, None, None]  # (S, 1, 1, ctx)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.slot is not None:  # prefill: q, k, v (1, nh, T, hs)
-            s, T = self.slot, self.T
-            self.k[layer, s:s + 1, :, :T] = k
-            self.v[layer, s:s + 1, :, :T] = v
-            kb, vb = self.k[layer, s:s + 1, :, :T], self.v[layer, s:s + 1, :, :T]  # (1, nh, T, hs)
-            return F.scaled_dot_product_attention(q, kb, vb, attn_mask=self.mask)  # (1, nh, T, hs)
+        if self.slots is not None:  # prefill: q, k, v (P, nh, T, hs), the whole window: attend over it
+            self.k[layer, self.slots, :, : self.T] = k.to(self.k.dtype)
+            self.v[layer, self.slots, :, : self.T] = v.to(self.v.dtype)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)  # (P, nh, T, hs)
         # one step: q, k, v (S, nh, 1, hs); slot s stores at its own position, reads its own row
         self.k[layer, self.rows, :, self.positions] = k[:, :, 0].to(self.k.dtype)  # (S, nh, hs)
         self.v[layer, self.rows, :, self.positions] = v[:, :, 0].to(self.v.dtype)
-        return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=self.mask)  # (S, nh, 1, hs)
+        kb, vb = self.k[layer, : self.S], self.v[layer, : self.S]  # (S, nh, ctx, hs) each, views
+        return F.scaled_dot_product_attention(q, kb, vb, attn_mask=self.mask)  # (S, nh, 1, hs)
 
 
 def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -161,9 +162,10 @@ class Batcher:
     """The running batch. `submit` and `cancel` are called from any thread; `run` is the loop
     of the model's thread (`start` starts it)."""
 
-    def __init__(self, model, tokenizer, slots: int = 8, max_queue: int = 64):
+    def __init__(self, model, tokenizer, slots: int = 8, max_queue: int = 64, prefill_rows: int = 1):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.S, self.max_queue = slots, max_queue
+        self.P = max(1, min(prefill_rows, slots))  # windows per prefill forward: always this many rows
         self.ctx = model.cfg.context_size
         self.slide = max(1, self.ctx // 4)  # as the engine's default
         self.V = tokenizer.vocab_size
@@ -262,20 +264,36 @@ class Batcher:
         for job in jobs.values():
             job.emit(("error", message))
 
-    def _window_logits(self, row: Row) -> torch.Tensor:
-        """Run row's window alone (batch 1) -> its last logits (V,). A full window first jumps
-        forward by `slide` (the engine's slide policy)."""
+    def _window(self, row: Row) -> list[int]:
+        """The ids row's next prefill runs: the prompt's last `ctx` tokens when it has just
+        joined, else (its window is full) the window after jumping forward by `slide`, as the
+        engine's slide policy does."""
         n = len(row.seq)
         if row.fresh:
             row.start, row.fresh = max(0, n - self.ctx), False
-        elif n - row.start > self.ctx:
+        else:
             row.start = n - (self.ctx - self.slide)
-        window = torch.tensor([row.seq[row.start:]], dtype=torch.long, device=self.device)  # (1, T)
-        T = window.size(1)
-        self.cache.for_prefill(row.slot, T)
-        pos = self.cache.slot_ids[:T]  # (T,)
-        x = self.model.trunk(window, self.cache, pos=pos, rope=self._rope(pos))  # (1, T, C)
-        return self.model.head(x[0, -1])[: self.V]  # (V,)
+        return row.seq[row.start:]
+
+    def _prefill(self, rows: list[Row]) -> None:
+        """Run rows' windows and write their last logits into self.logits. Windows of equal
+        length share a forward of always P rows (padding rows repeat token 0 and write to the
+        scratch cache row), so a window's numbers never depend on what else is prefilled."""
+        by_len: dict[int, list[tuple[Row, list[int]]]] = {}
+        for r in rows:
+            w = self._window(r)
+            by_len.setdefault(len(w), []).append((r, w))
+        for T, group in by_len.items():
+            pos = self.cache.slot_ids[:T]  # (T,)
+            for i in range(0, len(group), self.P):
+                part = group[i:i + self.P]
+                pad = self.P - len(part)
+                idx = torch.tensor([w for _, w in part] + [[0] * T] * pad, dtype=torch.long, device=self.device)  # (P, T)
+                slots = torch.tensor([r.slot for r, _ in part] + [self.S] * pad, device=self.device)  # (P,)
+                self.cache.for_prefill(slots, T)
+                x = self.model.trunk(idx, self.cache, pos=pos, rope=self._rope(pos))  # (P, T, C)
+                logits = self.model.head(x[:, -1])[:, : self.V]  # (P, V)
+                self.logits.index_copy_(0, slots[: len(part)], logits[: len(part)].float())
 
     def _rope(self, pos: torch.Tensor):
         """(cos, sin) for positions pos, shaped to broadcast over (B, nh, T, hs/2); None without RoPE."""
@@ -303,12 +321,10 @@ class Batcher:
         if not active:
             return
         self.peak = max(self.peak, len(active))
-        stepping = []
-        for r in active:
-            if r.fresh or len(r.seq) - r.start > self.ctx:
-                self.logits[r.slot] = self._window_logits(r)
-            else:
-                stepping.append(r)
+        starting = [r for r in active if r.fresh or len(r.seq) - r.start > self.ctx]
+        stepping = [r for r in active if not (r.fresh or len(r.seq) - r.start > self.ctx)]
+        if starting:
+            self._prefill(starting)
         if stepping:
             out = self._step_logits(stepping)
             idx = torch.tensor([r.slot for r in stepping], device=self.device)
