@@ -24,6 +24,7 @@ CASES = [  # (extra args, text the one line must hold)
     (["--max-tokens", "0"], "--max-tokens must be from 1 to 100,000, got 0"),
     (["--max-body", "10"], "--max-body must be at least 1024 bytes, got 10"),
     (["--queue", "-1"], "--queue must be >= 0, got -1"),
+    (["--prefill-rows", "-2"], "--prefill-rows must be from 0 (auto) to 256, got -2"),
     (["--api-key", " "], "--api-key is empty"),
     (["--port", "{busy}"], "cannot listen on 127.0.0.1 port {busy}"),
 ]
