@@ -70,6 +70,6 @@ def test_missing_extra_names_it(monkeypatch):
     from tinylm.util.errors import UsageError
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` now raises ImportError
-    args = argparse.Namespace(port=0, slots=0, queue=1, max_tokens=10, max_body=4096, threads=0, api_key=None)
+    args = argparse.Namespace(port=0, slots=0, prefill_rows=0, queue=1, max_tokens=10, max_body=4096, threads=0, api_key=None)
     with pytest.raises(UsageError, match=r"pip install 'tinylm\[serve\]'"):
         check_args(args)
