@@ -317,3 +317,52 @@ def test_adapter_flag_calls_load_adapter(model_file, monkeypatch):
     args = SimpleNamespace(model=str(model_file), adapter="a.lora", device="cpu", threads=1)
     loaded, _ = load_served_model(args)
     assert calls == ["a.lora"]
+
+
+def test_sample_rows_equals_sample_next_row_by_row():
+    """The batcher's sampler, settings per row, against the engine's sample_next run on each row alone."""
+    from tinylm.generate.sampling import row_keys, sample_next
+    from tinylm.serve.batcher import sample_rows
+
+    torch.manual_seed(0)
+    S, V = 12, 50
+    logits = torch.randn(S, V)
+    logits[3, :10] = 2.0  # ties at the top-k boundary
+    temps = [0.0, 0.5, 1.0, 1.5] * 3
+    ks = [0, 1, 5, 10, 0, 3, 60, 0, 2, 0, 7, 10]
+    ps = [1.0, 0.9, 0.5, 1.0, 0.3, 1.0, 0.95, 0.1, 1.0, 0.8, 1.0, 0.6]
+    seeds = list(range(100, 100 + S))
+    bias = torch.zeros(S, V)
+    bias[5, 7] = 5.0
+    for step in (0, 3, 17):
+        got = sample_rows(logits, torch.tensor(temps), torch.tensor(ks), torch.tensor(ps), bias,
+                          torch.cat([row_keys(sd, 1) for sd in seeds]), torch.full((S,), step))
+        for r in range(S):
+            cfg = SamplingConfig(temperature=temps[r], top_k=ks[r], top_p=ps[r])
+            want = sample_next(logits[r:r + 1] + bias[r:r + 1], cfg, row_keys(seeds[r], 1), step)
+            assert got[r].item() == want.item(), (r, step)
+
+
+def test_equal_length_prompts_share_a_fixed_size_prefill(model):
+    from tinylm.serve.batcher import Job
+
+    b = Batcher(model, TOK, slots=8, prefill_rows=4)
+    shapes = []
+    trunk = model.trunk
+
+    def spy(idx, *a, **kw):
+        shapes.append(tuple(idx.shape))
+        return trunk(idx, *a, **kw)
+
+    events = []
+    for p in ("the king", "the rain", "she said", "old well", "Summer"):  # four of 8 characters, one of 6
+        b.submit(Job(TOK.encode(p), 3, events.append))
+    model.trunk = spy
+    try:
+        with torch.inference_mode():
+            b._admit()
+            b.tick()  # everyone joins: one 4-row prefill of length 8, one (padded) of length 6
+            b.tick()  # then one step for all 8 slots
+    finally:
+        del model.trunk
+    assert sorted(shapes) == [(4, 6), (4, 8), (8, 1)]
