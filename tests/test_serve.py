@@ -366,3 +366,31 @@ def test_equal_length_prompts_share_a_fixed_size_prefill(model):
     finally:
         del model.trunk
     assert sorted(shapes) == [(4, 6), (4, 8), (8, 1)]
+
+
+def test_page_card_and_metrics(model_file, monkeypatch):
+    import sys
+    import types
+
+    from tinylm.model.files import load_model
+    from tinylm.serve import page_data
+
+    metrics = model_file.with_name(model_file.name.removesuffix(".model") + ".metrics.jsonl")
+    assert page_data.metrics_path(model_file) == metrics
+    rows = [{"kind": "train", "step": s, "train_loss": 5 - s / 1000} for s in range(5000)]
+    rows += [{"kind": "eval", "step": 100, "val_loss": 4.0}, {"kind": "eval", "step": 200, "val_loss": float("nan")},
+             {"kind": "train", "step": "x", "train_loss": 1}, [1, 2]]
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    loaded = load_model(model_file)
+    got = page_data.page_card(model_file, loaded)
+    train = got["metrics"]["train"]
+    assert len(train) == page_data.MAX_POINTS and train[0] == [0, 5] and train[-1] == [4999, 5 - 4999 / 1000]
+    assert got["metrics"]["eval"] == [[100, 4.0]]  # NaN, wrong types and broken lines are skipped
+    assert got["card"]["parameters"] == loaded.model.num_params() and got["card"]["tokenizer"]["kind"] == "char"
+    # with tinylm.report.card present, its card is the one shown
+    report = types.ModuleType("tinylm.report")
+    card = types.ModuleType("tinylm.report.card")
+    card.model_card = lambda path: {"name": "from model_card", "path": str(path)}
+    monkeypatch.setitem(sys.modules, "tinylm.report", report)
+    monkeypatch.setitem(sys.modules, "tinylm.report.card", card)
+    assert page_data.page_card(model_file, loaded)["card"] == {"name": "from model_card", "path": str(model_file)}
