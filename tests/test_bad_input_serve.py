@@ -17,8 +17,11 @@ from conftest import run_cli
 pytest.importorskip("uvicorn")
 NO_LORA = importlib.util.find_spec("tinylm.lora") is None
 
-CASES = [  # (extra args, text the one line must hold)
+CASES = [  # (extra args, text the one line must hold): through a subprocess
     (["-m", "missing.model"], "model file missing.model does not exist"),
+    (["--port", "{busy}"], "cannot listen on 127.0.0.1 port {busy}"),
+]
+RANGES = [  # checked before anything is loaded: in-process (cli.main), to keep the file fast
     (["--port", "70000"], "--port must be from 0 to 65535, got 70000"),
     (["--slots", "1000"], "--slots must be from 0 (auto) to 256, got 1000"),
     (["--max-tokens", "0"], "--max-tokens must be from 1 to 100,000, got 0"),
@@ -26,7 +29,6 @@ CASES = [  # (extra args, text the one line must hold)
     (["--queue", "-1"], "--queue must be >= 0, got -1"),
     (["--prefill-rows", "-2"], "--prefill-rows must be from 0 (auto) to 256, got -2"),
     (["--api-key", " "], "--api-key is empty"),
-    (["--port", "{busy}"], "cannot listen on 127.0.0.1 port {busy}"),
 ]
 if NO_LORA:
     CASES.append((["--adapter", "a.lora"], "adapters need tinylm.lora"))
@@ -73,3 +75,14 @@ def test_missing_extra_names_it(monkeypatch):
     args = argparse.Namespace(port=0, slots=0, prefill_rows=0, queue=1, max_tokens=10, max_body=4096, threads=0, api_key=None)
     with pytest.raises(UsageError, match=r"pip install 'tinylm\[serve\]'"):
         check_args(args)
+
+
+@pytest.mark.parametrize("args, want", RANGES, ids=[a[0] for a, _ in RANGES])
+def test_bad_serve_numbers(model_file, capsys, args, want):
+    from tinylm.cli import main
+
+    before = _digest(model_file.parent)
+    assert main(["serve", "-m", str(model_file), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], lines
+    assert _digest(model_file.parent) == before
