@@ -264,9 +264,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.command import cmd_serve as serve  # noqa: PLC0415 - the web server's packages load only here
+
+    return serve(args)
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "generate": cmd_generate, "chat": cmd_chat, "eval": cmd_eval, "tokenizer": cmd_tokenizer,
             "export": interop_commands.cmd_export, "import": interop_commands.cmd_import,
-            "plot": plot.cmd_plot, "info": card.cmd_info}
+            "plot": plot.cmd_plot, "info": card.cmd_info, "serve": cmd_serve}
 
 
 def _say(text: str) -> None:

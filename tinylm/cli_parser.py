@@ -15,6 +15,7 @@ from .model.config import ACTIVATIONS, POSITIONS
 from .model.config import FLAGS as MODEL_FIELD_FLAGS
 from .presets import PRESETS
 from .report import card, copying, plot
+from .serve import command as serve_command
 from .train.config import COMPILE_MODES, OPTIMIZERS, SCHEDULES
 from .train.config import FLAGS as TRAIN_FIELD_FLAGS
 
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="models/demo.model", help="model file (default models/demo.model, overwritten)")
     p.add_argument("-p", "--prompt", default="The ", help="prompt for the sample")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to train (default auto)")
+    serve_command.add_parser(sub)
     p = sub.add_parser("tokenizer", help="tokenizer tools", description="Tokenizer tools.")
     tsub = p.add_subparsers(dest="tok_command", required=True)
     t = tsub.add_parser("train", help="train a BPE tokenizer", description="Train a byte-level BPE tokenizer and save it as JSON.")
