@@ -386,7 +386,7 @@ def test_page_card_and_metrics(model_file, monkeypatch):
     train = got["metrics"]["train"]
     assert len(train) == page_data.MAX_POINTS and train[0] == [0, 5] and train[-1] == [4999, 5 - 4999 / 1000]
     assert got["metrics"]["eval"] == [[100, 4.0]]  # NaN, wrong types and broken lines are skipped
-    assert got["card"]["parameters"] == loaded.model.num_params() and got["card"]["tokenizer"]["kind"] == "char"
+    assert got["card"]["parameters"] == loaded.model.num_params() and got["card"]["tokenizer"].get("kind", got["card"]["tokenizer"].get("type")) == "char"
     # with tinylm.report.card present, its card is the one shown
     report = types.ModuleType("tinylm.report")
     card = types.ModuleType("tinylm.report.card")

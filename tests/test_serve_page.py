@@ -108,7 +108,8 @@ def test_playground_generates_streams_stops_and_chats(server, browser, tmp_path)
     wait.until(lambda _: "train points" in d.find_element(By.ID, "curve-note").text)
     assert d.find_element(By.ID, "curve-note").text == "40 train points, 4 validation points"
     card = d.find_element(By.ID, "card-list").text
-    assert "parameters" in card and "val loss" in card and "3.500" in card
+    # the card is tinylm.report.card's when that is installed (keys as written there), else the page's own
+    assert "architecture" in card and ("val loss" in card or "val_loss" in card) and "3.500" in card
     blank = d.execute_script("const c = document.createElement('canvas'); c.width = 360; c.height = 220; return c.toDataURL();")
     assert d.execute_script("return document.getElementById('curve').toDataURL();") != blank
 
